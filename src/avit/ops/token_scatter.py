@@ -10,6 +10,9 @@ Semantics::
 
 Real positions of one image are distinct (they come from a select op), so the result is deterministic.
 
+Autograd (for training with real removal): ``dsrc`` = ``dout`` at the written positions (0 for padding
+slots), ``ddst`` = ``dout`` everywhere else.
+
 Lowerings: :func:`token_scatter` (PyTorch reference), :func:`AvitTokenScatter` (ONNX ``ScatterND`` into
 the grid plus one trash row that absorbs the padding slots), TensorRT plugin and host kernel in
 ``plugins/token_scatter/``.
@@ -48,6 +51,29 @@ def token_scatter(dst: torch.Tensor, idx: torch.Tensor, src: torch.Tensor, count
 @token_scatter.register_fake
 def _token_scatter_fake(dst, idx, src, counts):
     return torch.empty_like(dst)
+
+
+def _token_scatter_setup_context(ctx, inputs, output):
+    dst, idx, src, counts = inputs
+    ctx.save_for_backward(idx, counts)
+    ctx.src_dtype = src.dtype
+
+
+def _token_scatter_backward(ctx, grad):
+    """``dsrc[b, j] = grad[b, idx[b, j]]`` for real slots (0 for padding); ``ddst = grad`` except at the
+    written positions (overwritten, so 0). ``idx`` and ``counts`` get no gradient."""
+    idx, counts = ctx.saved_tensors
+    real = valid_mask(counts, idx.shape[1])
+    batch = torch.arange(grad.shape[0], device=grad.device)[:, None]
+    grad_src = (grad[batch, idx] * real[:, :, None]).to(ctx.src_dtype)
+    written = token_scatter(grad.new_zeros(grad.shape[:2] + (1,)), idx, grad.new_ones(idx.shape + (1,)), counts)
+    return grad * (1 - written), None, grad_src, None
+
+
+# Training through real removal (pause-aware fine-tuning): positions and counts are not differentiable.
+torch.library.register_autograd(
+    "avit::token_scatter", _token_scatter_backward, setup_context=_token_scatter_setup_context
+)
 
 
 @onnxscript.script(avit_opset, default_opset=op)
