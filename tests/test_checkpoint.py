@@ -41,7 +41,7 @@ def test_truncated(tmp_path):
 def test_garbage_bytes(tmp_path):
     path = tmp_path / "g.ckpt"
     path.write_bytes(b"\x00\x01not a checkpoint" * 100)
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="corrupt"):
         load_checkpoint(path)
 
 

@@ -43,6 +43,31 @@ def save_checkpoint(model: AdaptiveViT, path: str | os.PathLike, **meta: Any) ->
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
+def torch_load(path: str | os.PathLike, what: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU with one-line errors.
+
+    ``what`` names the expected content in messages (e.g. ``"an avit checkpoint"``).
+
+    Raises:
+        CheckpointError: missing file; corrupt or truncated file (not a zip archive or pickle stream);
+            a pickle that needs globals outside PyTorch's weights-only allow-list (``not <what>``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        with open(path, "rb") as f:
+            pickle_stream = f.read(1) == b"\x80"  # PROTO opcode: a (non-zip) pickle of protocol >= 2
+        if not zipfile.is_zipfile(path) and not pickle_stream:
+            raise CheckpointError(f"{path} is corrupt or not a PyTorch checkpoint (UnpicklingError)") from exc
+        detail = next((ln.strip() for ln in str(exc).splitlines() if "Unsupported" in ln), type(exc).__name__)
+        raise CheckpointError(f"{path} is not {what} (refused to unpickle: {detail})") from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{path} is corrupt or truncated ({type(exc).__name__})") from exc
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load and validate the raw checkpoint dict (no model built).
 
@@ -50,15 +75,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         CheckpointError: missing/unreadable file, truncated or foreign file, missing fields.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} is not an avit checkpoint (refused to unpickle: {first})") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError) as exc:
-        raise CheckpointError(f"{path} is corrupt or truncated ({type(exc).__name__})") from exc
+    payload = torch_load(path, "an avit checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an avit checkpoint (no '{FORMAT}' header)")
     if payload.get("format_version") != FORMAT_VERSION:
