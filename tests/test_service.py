@@ -268,3 +268,16 @@ def test_avit_serve_cli(tmp_path_factory, photos, tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         assert_one_line_error(avit("serve", model, "--port", busy.getsockname()[1]), "cannot listen on 127.0.0.1:")
+
+
+def test_triton_repo_fixed_models_from_calibration_presets(model, tmp_path):
+    """`avit triton-repo --preset`: the preset's thresholds baked into a dynamically batched model."""
+    from avit.exporter.triton import write_triton_repository
+
+    repo = write_triton_repository(model, tmp_path / "repo", presets=["fast", "accurate"])
+    assert [m.name for m in repo.models] == ["tiny", "tiny_fast", "tiny_accurate"]
+    assert [m.fixed_thresholds for m in repo.models] == [None, (0.6, 0.6), (0.1, 0.1)]
+    text = (tmp_path / "repo" / "tiny_fast" / "config.pbtxt").read_text()
+    assert "max_batch_size: 8" in text and "dynamic_batching" in text and "pause_thresholds" not in text.split("input [")[1].split("output [")[0]
+    with pytest.raises(InputError, match="unknown preset 'nope'; known: accurate, balanced, fast"):
+        write_triton_repository(model, tmp_path / "r2", presets=["nope"])
