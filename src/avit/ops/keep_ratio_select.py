@@ -59,7 +59,7 @@ def keep_ratio_select(
     valid = valid_mask(counts, n)
     scores = token_scores(logits, score_mode).masked_fill(~valid, float("-inf"))
     order = torch.sort(scores, dim=1, descending=True, stable=True).indices
-    rank = torch.empty_like(order).scatter_(1, order, torch.arange(n).expand(b, n).contiguous())
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=order.device).expand(b, n).contiguous())
     keep = valid & (rank < kept_per_image(ratio, counts)[:, None])
     return compact(keep)
 
