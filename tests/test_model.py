@@ -125,3 +125,23 @@ def test_macs():
     assert empty["blocks"] == block + 3 * (4 * d * d + 2 * d + 2 * d * f)  # CLS alone after point 1
     with pytest.raises(ValueError):
         model_macs(cfg, [25, 1])
+
+
+def test_with_policy_shares_backbone_and_heads(images):
+    """with_policy: dtop/keep_ratio views of one model run the same backbone (identical outputs with nothing
+    paused), score with the same heads (dtop with k = 0 pauses exactly the confidence policy's tokens), and
+    refuse acm."""
+    model = tiny_model(pause_points=(1, 3), fill="predict", num_classes=2)
+    dtop, conf = model.with_policy("dtop"), model.with_policy("confidence")
+    assert dtop.config.fill == "canvas" and dtop.config.thresholds_or_default == (0.0, 0.0)
+    with torch.no_grad():
+        ref, _ = model(images, nothing_paused(model.config))
+        for derived in (dtop, conf, model.with_policy("keep_ratio")):
+            out, kept = derived(images, nothing_paused(derived.config))
+            assert torch.allclose(out, ref, atol=1e-5) and (kept == 24).all()
+        t = torch.tensor([0.3, 0.3])
+        _, kept_dtop = dtop(images, t, dtop_k=torch.tensor(0))
+        _, kept_conf = conf(images, t)
+        assert torch.equal(kept_dtop, kept_conf) and (kept_conf < 24).any()
+    with pytest.raises(ConfigError, match="use acmize"):
+        model.with_policy("acm")

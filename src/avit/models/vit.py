@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import avit.ops  # noqa: F401  (registers torch.ops.avit.*)
-from avit.errors import InputError
+from avit.errors import ConfigError, InputError
 from avit.models.acm import AcmMlp
 from avit.models.config import AdaptiveViTConfig
 from avit.models.heads import LinearDecoder, TokenHead, UpConvDecoder, head_to_output_logits
@@ -303,6 +303,33 @@ class AdaptiveViT(nn.Module):
         state = {k: v for k, v in self.state_dict().items() if not k.startswith("pause_heads.") and ".mlp.gate." not in k}
         static.load_state_dict(state)
         return static.eval()
+
+
+    def with_policy(self, policy: str, *, fill: str | None = None, **config_overrides) -> AdaptiveViT:
+        """The same backbone, token heads and decoder under another token-head policy.
+
+        Switches between the policies that share the token heads — ``entropy`` (PAUMER), ``confidence``,
+        ``keep_ratio`` (DynamicViT / Token Cropr) and ``dtop`` (DToP, Tang et al., ICCV 2023: needs
+        ``fill="canvas"``, chosen automatically) — without retraining: the heads' class predictions are
+        what every one of these policies scores. Default thresholds reset to the new policy's
+        nothing-paused value unless ``default_thresholds`` is given in ``config_overrides``. A feature
+        predictor (``fill="predict"``) is dropped when the new fill does not use it.
+
+        Raises:
+            ConfigError: ``acm`` (no token heads: use :func:`avit.models.acm.acmize`), a model without
+                token heads, or an invalid resulting config.
+        """
+        if policy == "acm" or not self.config.has_token_heads:
+            raise ConfigError("with_policy switches between token-head policies; use acmize for 'acm'")
+        if fill is None:
+            fill = "canvas" if policy == "dtop" else self.config.fill
+        if fill == "predict" and self.config.fill != "predict":
+            raise ConfigError("fill 'predict' needs a feature predictor this model's heads do not have")
+        overrides = {"default_thresholds": (), **config_overrides}
+        derived = AdaptiveViT(self.config.replace(policy=policy, fill=fill, **overrides))
+        expected = set(derived.state_dict())
+        derived.load_state_dict({k: v for k, v in self.state_dict().items() if k in expected})
+        return derived.eval()
 
 
 def nothing_paused(config: AdaptiveViTConfig) -> torch.Tensor:
