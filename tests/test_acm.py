@@ -186,3 +186,21 @@ def test_export_parity_and_real_gathers(converted, exported):
         np.testing.assert_array_equal(got.tokens_kept, ref_units.numpy())
         np.testing.assert_allclose(got.logits, ref_logits.numpy(), atol=1e-4, rtol=0)
     assert session.run(x, [1.0, math.inf]).tokens_kept.tolist() == [[50, 0], [50, 0]]  # learner 0 only, then none
+
+
+def test_profile_and_calibrate_work_unchanged(exported, tmp_path):
+    """`avit profile` and `avit calibrate` on an ACM export: the tolerance is the knob they turn."""
+    from avit.calibration.calibrate import calibrate
+    from avit.profiling.profile import profile
+    from tiny_onnx import photo_dir
+
+    photos = sorted(photo_dir(tmp_path, n=4).iterdir())
+    result = profile(exported.path, photos[:2], iters=1, warmup=0, stages=False, settings=[("t", [0.2, 0.5])])
+    rows = {r.label: r for r in result.rows}
+    assert set(rows) >= {"nothing paused", "t"}
+    assert sum(rows["t"].tokens_kept) < sum(rows["nothing paused"].tokens_kept)  # learner evaluations drop
+    report = calibrate(exported.path, 1e6, photos[:2], heldout=photos[2:], max_evals=6, repeats=1, final_rounds=1,
+                       output=tmp_path / "acm.calib.json")
+    assert report.meets_target and report.path.is_file()
+    # any setting meets a 1e6 ms target: the best quality is running every learner (ACM at tolerance 0 = the MLP)
+    assert report.chosen.quality >= 0.999 and all(t >= 0 for t in report.chosen.thresholds)
