@@ -302,6 +302,7 @@ from avit.cli import calibrate_cmd, profile_cmd  # noqa: E402,F401  (register `a
 from avit.cli import trt_cmd  # noqa: E402,F401  (register `avit validate`)
 from avit.cli import serve_cmd  # noqa: E402,F401  (register `avit serve` / `avit triton-repo`)
 from avit.cli import import_cmd  # noqa: E402,F401  (register `avit import` / `avit acmize`)
+from avit.cli import quantize_cmd  # noqa: E402,F401  (register `avit quantize`)
 
 if __name__ == "__main__":
     main()
