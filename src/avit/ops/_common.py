@@ -68,6 +68,13 @@ def compact(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return out[:, :m].contiguous(), counts
 
 
+def compact_fake(first: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fake (meta) kernel of every select op: :func:`compact`'s outputs for a ``[B, n, …]`` input ``first``
+    — int64 ``[B, m]`` with ``m`` a new data-dependent size, and int64 ``[B]`` shaped like ``counts``."""
+    m = torch.library.get_ctx().new_dynamic_size()
+    return first.new_empty((first.shape[0], m), dtype=torch.int64), counts.new_empty(counts.shape)
+
+
 # --------------------------------------------------------------------------------------------------
 # ONNX lowering (standard ops, opset 18). Reductions use positive axes: ONNX Runtime 1.31 CPU returns
 # a wrong shape for negative-axis reductions over a zero-size dimension (0 active tokens).

@@ -52,6 +52,7 @@ from avit.ops._common import (
     AvitTokenScores,
     AvitValidMask,
     compact,
+    compact_fake,
     token_scores,
     valid_mask,
 )
@@ -94,8 +95,7 @@ def class_context_select(
 
 @class_context_select.register_fake
 def _class_context_select_fake(logits, counts, threshold, k, score_mode=1):
-    m = torch.library.get_ctx().new_dynamic_size()
-    return logits.new_empty((logits.shape[0], m), dtype=torch.int64), counts.new_empty(counts.shape)
+    return compact_fake(logits, counts)
 
 
 @onnxscript.script(avit_opset, default_opset=op)

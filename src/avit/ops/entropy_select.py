@@ -35,6 +35,7 @@ from avit.ops._common import (
     AvitTokenScores,
     AvitValidMask,
     compact,
+    compact_fake,
     register_select_op,
     token_scores,
     valid_mask,
@@ -53,8 +54,7 @@ def entropy_select(
 
 @entropy_select.register_fake
 def _entropy_select_fake(logits, counts, threshold, score_mode=0):
-    m = torch.library.get_ctx().new_dynamic_size()
-    return logits.new_empty((logits.shape[0], m), dtype=torch.int64), counts.new_empty(counts.shape)
+    return compact_fake(logits, counts)
 
 
 @onnxscript.script(avit_opset, default_opset=op)

@@ -37,6 +37,7 @@ from avit.ops._common import (
     AvitTokenScores,
     AvitValidMask,
     compact,
+    compact_fake,
     register_select_op,
     token_scores,
     valid_mask,
@@ -66,8 +67,7 @@ def keep_ratio_select(
 
 @keep_ratio_select.register_fake
 def _keep_ratio_select_fake(logits, counts, ratio, score_mode=0):
-    m = torch.library.get_ctx().new_dynamic_size()
-    return logits.new_empty((logits.shape[0], m), dtype=torch.int64), counts.new_empty(counts.shape)
+    return compact_fake(logits, counts)
 
 
 @onnxscript.script(avit_opset, default_opset=op)

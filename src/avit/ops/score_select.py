@@ -33,7 +33,7 @@ import torch
 from onnxscript import FLOAT, INT32, INT64
 from onnxscript import opset18 as op
 
-from avit.ops._common import AvitCompact, AvitSizeTensor, AvitValidMask, compact, valid_mask
+from avit.ops._common import AvitCompact, AvitSizeTensor, AvitValidMask, compact, compact_fake, valid_mask
 from avit.ops._registry import (
     FLOAT_TYPES,
     AdaptiveOp,
@@ -52,8 +52,7 @@ def score_select(scores: torch.Tensor, counts: torch.Tensor, threshold: torch.Te
 
 @score_select.register_fake
 def _score_select_fake(scores, counts, threshold):
-    m = torch.library.get_ctx().new_dynamic_size()
-    return scores.new_empty((scores.shape[0], m), dtype=torch.int64), counts.new_empty(counts.shape)
+    return compact_fake(scores, counts)
 
 
 @onnxscript.script(avit_opset, default_opset=op)
