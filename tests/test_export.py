@@ -63,6 +63,19 @@ def test_export_parity_and_metadata(exported):
         assert avit_nodes == [] and [i.name for i in proto.graph.input] == ["images"]
 
 
+def test_inlined_graph_passes_strict_shape_inference(exported):
+    """The lowerings declare no types of their own: after inlining, ONNX shape inference (which graph
+    optimizers such as onnxscript's trust) must agree with every shape the exporter recorded. A plain
+    ``FLOAT`` annotation used to declare the functions' tensors rank 0, which made that fail."""
+    import onnx_ir as ir
+    from onnx_ir.passes.common import InlinePass
+
+    _, _, report = exported
+    model = ir.load(str(report.path))
+    InlinePass()(model)
+    onnx.shape_inference.infer_shapes(ir.to_proto(model), strict_mode=True, data_prop=True)
+
+
 def test_batch_two_and_unseen_thresholds(exported):
     name, model, report = exported
     cfg = model.config

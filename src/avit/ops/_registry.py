@@ -185,8 +185,18 @@ def custom_translation_table() -> dict[torch._ops.OpOverload, Callable]:
 
 
 def lowering_functions(op: AdaptiveOp) -> list[onnx.FunctionProto]:
-    """FunctionProtos (lowering first, then helpers) that make ``op`` runnable with standard ops."""
-    return [fn.to_function_proto() for fn in (op.lowering, *op.helpers)]
+    """FunctionProtos (lowering first, then helpers) that make ``op`` runnable with standard ops.
+
+    The protos carry no ``value_info``: onnxscript types a plain ``FLOAT`` annotation as a *rank-0*
+    tensor, and the lowerings are polymorphic in rank and float type (fp16 exports), so declared types
+    would be wrong claims that ONNX shape inference (and optimizers built on it, such as onnxscript's
+    ``optimize_for_ort``) trust after inlining. Untyped functions are what ONNX Runtime and TensorRT
+    inline anyway.
+    """
+    protos = [fn.to_function_proto() for fn in (op.lowering, *op.helpers)]
+    for proto in protos:
+        del proto.value_info[:]
+    return protos
 
 
 def attach_functions(model: onnx.ModelProto) -> list[str]:
