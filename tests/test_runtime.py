@@ -108,11 +108,13 @@ def test_runtime_does_not_import_torch(onnx_path):
 def test_per_image_batch_layout_matches_padded(onnx_path):
     """batch_layout="per_image": every image runs at its own token count; same tokens and logits as the
     padded batch (padding never changes a real token), on a batch whose images keep different counts."""
-    padded, per_image = AdaptiveSession(onnx_path), AdaptiveSession(onnx_path, batch_layout="per_image")
+    padded = AdaptiveSession(onnx_path, batch_layout="padded")
+    per_image = AdaptiveSession(onnx_path, batch_layout="per_image")
+    assert AdaptiveSession(onnx_path).batch_layout == "per_image"  # "auto" on the CPU execution provider
     x = batch(3, seed=5)
     a, b = padded.run(x, [0.5, 0.6]), per_image.run(x, [0.5, 0.6])
     assert len({tuple(k) for k in a.tokens_kept.tolist()}) > 1  # the images really keep different counts
     np.testing.assert_array_equal(b.tokens_kept, a.tokens_kept)
     np.testing.assert_allclose(b.logits, a.logits, atol=1e-5, rtol=0)
-    with pytest.raises(InputError, match="batch_layout 'loop' is not one of padded, per_image"):
+    with pytest.raises(InputError, match="batch_layout 'loop' is not one of auto, padded, per_image"):
         AdaptiveSession(onnx_path, batch_layout="loop")

@@ -64,7 +64,7 @@ def probabilities(logits: np.ndarray, activation: str) -> np.ndarray:
 
 
 #: Values of ``AdaptiveSession(batch_layout=...)``.
-BATCH_LAYOUTS = ("padded", "per_image")
+BATCH_LAYOUTS = ("auto", "padded", "per_image")
 
 
 class AdaptiveSession:
@@ -82,11 +82,15 @@ class AdaptiveSession:
             :class:`~avit.calibration.Calibration`): that one; False: no presets. A calibration is checked
             against the model (pause points, policy, and the SHA-256 of the model file, read once here).
         batch_layout: How a batch of ``B > 1`` images runs: ``"padded"`` (one call; after each pause
-            point the images are padded to the batch's largest token count) or ``"per_image"`` (one call
+            point the images are padded to the batch's largest token count), ``"per_image"`` (one call
             per image, each at its own token count; the outputs are concatenated and ``latency_ms`` covers
-            all calls). Measured on 2 CPU cores (``benchmarks/eager_vs_onnx.py``, real model, batch 4):
-            ``per_image`` is 11–13 % faster once images keep different token counts and ties when nothing
-            pauses; on a GPU a padded batch keeps the device busy. Static models always run padded.
+            all calls) or ``"auto"`` (default): ``per_image`` when every execution provider is the CPU,
+            ``padded`` otherwise (a padded batch keeps a GPU busy). Chosen by measurement on 2 CPU cores
+            (``benchmarks/cpu_deployment.py``, real model): per image is faster once the images keep
+            different token counts (11–13 % at batch 4) and ties when nothing pauses. Static models
+            always run padded. The layout actually used is :attr:`batch_layout`.
+        intra_op_threads / inter_op_threads: see above; measured 1 → 2 intra-op threads on the real
+            model: 1.6× (README, "CPU").
 
     Attributes:
         presets: Preset name → :class:`~avit.calibration.Preset` (read-only; empty without calibration).
@@ -107,15 +111,19 @@ class AdaptiveSession:
         intra_op_threads: int | None = None,
         inter_op_threads: int | None = None,
         calibration: str | os.PathLike | Calibration | bool | None = None,
-        batch_layout: str = "padded",
+        batch_layout: str = "auto",
     ) -> None:
         if batch_layout not in BATCH_LAYOUTS:
             raise InputError(f"batch_layout {batch_layout!r} is not one of {', '.join(BATCH_LAYOUTS)}")
-        self.batch_layout = batch_layout
         self.path = Path(path)
         self.backend: Backend = open_backend(
             self.path, providers=providers, intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads
         )
+        if batch_layout == "auto":
+            used = getattr(self.backend, "providers", None) or [self.backend.name]
+            batch_layout = "per_image" if all(p == "CPUExecutionProvider" for p in used) else "padded"
+        #: The layout in use: ``"padded"`` or ``"per_image"`` (``"auto"`` resolved).
+        self.batch_layout: str = batch_layout
         self.info: ModelInfo = ModelInfo.from_props(self.backend.metadata(), where=str(self.path))
         expected = ["images"] + (["pause_thresholds"] if self.info.num_pause_points else [])
         if self.backend.input_names() != expected:
