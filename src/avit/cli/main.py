@@ -137,14 +137,25 @@ def export(
     max_batch: Annotated[int, typer.Option(min=1, help="--trt: largest batch of the optimization profile.")] = 8,
     plugins: Annotated[Optional[Path], typer.Option(help="--trt: avit plugin library (default: $AVIT_PLUGIN_LIBRARY, then build/plugins, plugins/build*).")] = None,
     timing_cache: Annotated[Optional[Path], typer.Option(help="--trt: timing cache file to reuse and update.")] = None,
+    quantize: Annotated[Optional[str], typer.Option(help="int8 (static QDQ, calibrated on photos; TensorRT's explicit-quantization form) | int8-dynamic (ONNX Runtime only): the backbone's linear layers; token heads and adaptive ops stay fp32. Writes <model>.int8.onnx.")] = None,
+    calib_images: Annotated[Optional[Path], typer.Option(help="--quantize int8: folder of calibration images (default: the installed training photos).")] = None,
+    calib_count: Annotated[int, typer.Option(min=1, help="--quantize int8: calibration images used (evenly spread over the folder).")] = 16,
+    optimize: Annotated[bool, typer.Option("--optimize", help="Also write <model>.ort.onnx: transformer fusions + ONNX Runtime graph optimizations, saved offline (ONNX Runtime only).")] = False,
+    opt_level: Annotated[str, typer.Option(help="--optimize: ONNX Runtime level saved: basic | extended | all (all is specific to this machine's CPU).")] = "extended",
 ) -> None:
     """Export a checkpoint to ONNX with real token removal and pause thresholds as a graph input."""
     onnx_path: Path
     if precision not in (None, "fp32", "fp16"):
         raise InputError(f"--precision must be fp32 or fp16, got {precision!r}")
+    if quantize not in (None, "int8", "int8-dynamic"):
+        raise InputError(f"--quantize must be int8 or int8-dynamic, got {quantize!r}")
+    if quantize and precision == "fp16":
+        raise InputError("--quantize starts from the fp32 export; drop --precision fp16")
+    if quantize == "int8-dynamic" and trt:
+        raise InputError("--quantize int8-dynamic is ONNX Runtime only; for --trt use --quantize int8 (static QDQ)")
     if model.suffix.lower() == ".onnx":
-        if not trt:
-            raise InputError(f"{model} is already ONNX; pass --trt to build an engine from it, or give a .ckpt")
+        if not (trt or quantize or optimize):
+            raise InputError(f"{model} is already ONNX; pass --trt, --quantize or --optimize to derive from it, or give a .ckpt")
         if not model.is_file():
             raise InputError(f"model not found: {model}")
         if precision is not None:
@@ -172,6 +183,25 @@ def export(
             f"wrote {escape(str(report.path))} ({report.size_bytes / 1e6:.1f} MB, adaptive ops: "
             f"{', '.join(report.adaptive_ops) or 'none'}; export {report.export_seconds:.0f} s, "
             f"parity {'skipped' if not check else f'{len(report.parity)} settings ok, max |Δlogits| {max(r.max_abs_diff for r in report.parity):.1e}'})"
+        )
+    if quantize:
+        from avit.exporter.quantize import quantize_onnx
+        from avit.profiling.inputs import image_files
+
+        mode = "dynamic" if quantize == "int8-dynamic" else "static"
+        files = image_files(calib_images, split="train", limit=calib_count) if mode == "static" else None
+        q_path = onnx_path.with_suffix(f".{quantize}.onnx")
+        quantize_onnx(onnx_path, q_path, mode=mode, calibration_images=files)
+        console.print(f"wrote {escape(str(q_path))} ({quantize}: backbone linear layers; thresholds input unchanged)")
+        onnx_path = q_path
+    if optimize:
+        from avit.exporter.optimize import optimize_onnx
+
+        o_path = onnx_path.with_suffix(".ort.onnx")
+        done = optimize_onnx(onnx_path, o_path, level=opt_level, log=lambda m: console.print(f"  {escape(m)}"))
+        console.print(
+            f"wrote {escape(str(done.path))} (ONNX Runtime {done.level}; fusions: "
+            f"{', '.join(f'{k} {v}' for k, v in done.fusions.items()) or 'none'}; parity {len(done.parity)} settings ok)"
         )
     if trt:
         from avit.exporter.tensorrt import build_engine
@@ -203,6 +233,8 @@ def run(
     batch: Annotated[int, typer.Option(min=1, help="Images per call.")] = 1,
     preset: Annotated[Optional[str], typer.Option(help="Calibration preset instead of --thresholds (see avit calibrate), e.g. balanced.")] = None,
     calib: Annotated[Optional[Path], typer.Option(help="Calibration file for --preset (default: <model>.calib.json beside the model).")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="ONNX Runtime intra-op threads (default: one per core).")] = None,
+    batch_layout: Annotated[str, typer.Option(help="auto | padded | per_image: how a batch with different token counts runs (see AdaptiveSession).")] = "auto",
 ) -> None:
     """Run an exported model on images; print tokens kept per pause point and latency."""
     from avit.data import load_image
@@ -211,7 +243,8 @@ def run(
 
     if preset is not None and thresholds is not None:
         raise InputError("give --thresholds or --preset, not both")
-    session = AdaptiveSession(model, calibration=calib if calib else (None if preset else False))
+    session = AdaptiveSession(model, calibration=calib if calib else (None if preset else False),
+                              intra_op_threads=threads, batch_layout=batch_layout)
     values = session.thresholds(session.preset(preset).thresholds if preset else parse_thresholds(thresholds))
     raw = [load_image(p) for p in images]
     table = Table(title=f"{model.name}: {f'preset {preset}, ' if preset else ''}thresholds {fmt_values(values.tolist()) or '-'} ({session.info.policy})")
@@ -302,7 +335,7 @@ from avit.cli import calibrate_cmd, profile_cmd  # noqa: E402,F401  (register `a
 from avit.cli import trt_cmd  # noqa: E402,F401  (register `avit validate`)
 from avit.cli import serve_cmd  # noqa: E402,F401  (register `avit serve` / `avit triton-repo`)
 from avit.cli import import_cmd  # noqa: E402,F401  (register `avit import` / `avit acmize`)
-from avit.cli import quantize_cmd  # noqa: E402,F401  (register `avit quantize`)
+from avit.cli import quantize_cmd  # noqa: E402,F401  (register `avit quantize` / `avit optimize`)
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,5 @@
-"""``avit quantize``: int8 copy of an exported model (:func:`avit.exporter.quantize.quantize_onnx`).
+"""``avit quantize`` and ``avit optimize``: int8 and ONNX Runtime-optimized copies of an exported model
+(:func:`avit.exporter.quantize.quantize_onnx`, :func:`avit.exporter.optimize.optimize_onnx`).
 
 Registered on the running ``avit`` app (:func:`avit.cli._host.main_module`) by the import at the end of
 ``avit/cli/main.py``.
@@ -23,11 +24,38 @@ app, cli_errors, console = _main.app, _main.cli_errors, _main.console
 def quantize_command(
     model: Annotated[Path, typer.Argument(help="fp32 ONNX model exported by avit.")],
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="ONNX file to write (default: <model>.int8.onnx).")] = None,
-    mode: Annotated[str, typer.Option(help="dynamic (int8 weights, activations quantized per call).")] = "dynamic",
+    mode: Annotated[str, typer.Option(help="static (QDQ, calibrated on photos; TensorRT's explicit-quantization form) | dynamic (activations quantized per call; ONNX Runtime only).")] = "static",
+    calib_images: Annotated[Optional[Path], typer.Option(help="static: folder of calibration images (default: the installed training photos).")] = None,
+    calib_count: Annotated[int, typer.Option(min=1, help="static: calibration images used (evenly spread over the folder).")] = 16,
+    method: Annotated[str, typer.Option(help="static: calibration method minmax | percentile | entropy.")] = "minmax",
+    asymmetric: Annotated[bool, typer.Option("--asymmetric", help="static: uint8 activations with a zero point (more accurate on the CPU; not TensorRT's form).")] = False,
 ) -> None:
     """Quantize the backbone's linear layers to int8; token heads and adaptive ops stay fp32."""
     from avit.exporter.quantize import quantize_onnx
+    from avit.profiling.inputs import image_files
 
+    files = image_files(calib_images, split="train", limit=calib_count) if mode == "static" else None
     out = output or model.with_suffix(".int8.onnx")
-    path = quantize_onnx(model, out, mode=mode)
+    path = quantize_onnx(model, out, mode=mode, calibration_images=files, calibrate_method=method,
+                         symmetric_activations=not asymmetric)
     console.print(f"wrote {escape(str(path))} (int8 {mode}; thresholds input unchanged)")
+
+
+@app.command("optimize")
+@cli_errors
+def optimize_command(
+    model: Annotated[Path, typer.Argument(help="ONNX model exported (and possibly quantized) by avit.")],
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="ONNX file to write (default: <model>.ort.onnx).")] = None,
+    level: Annotated[str, typer.Option(help="ONNX Runtime level saved: basic | extended | all (all is specific to this machine's CPU).")] = "extended",
+    check: Annotated[bool, typer.Option("--check/--no-check", help="Compare with the source in ONNX Runtime before writing.")] = True,
+    atol: Annotated[float, typer.Option(help="Largest allowed max |Δlogits| in the check.")] = 1e-4,
+) -> None:
+    """Fuse attention / skip-LayerNorm / bias-GELU for ONNX Runtime and save the optimized graph offline."""
+    from avit.exporter.optimize import optimize_onnx
+
+    out = output or model.with_suffix(".ort.onnx")
+    done = optimize_onnx(model, out, level=level, check=check, atol=atol, log=lambda m: console.print(f"  {escape(m)}"))
+    console.print(
+        f"wrote {escape(str(done.path))} ({done.size_bytes / 1e6:.1f} MB, ONNX Runtime {done.level}; fusions: "
+        f"{', '.join(f'{k} {v}' for k, v in done.fusions.items()) or 'none'}; {done.seconds:.0f} s)"
+    )

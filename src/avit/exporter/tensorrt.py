@@ -88,7 +88,8 @@ def read_model_info(onnx_path: str | os.PathLike) -> tuple[onnx.ModelProto, Mode
     """Load an avit ONNX model and its metadata.
 
     Raises:
-        ArtifactError: missing file, not ONNX, or no avit metadata.
+        ArtifactError: missing file, not ONNX, no avit metadata, or an ONNX Runtime-only artifact
+            (optimized by :func:`~avit.exporter.optimize.optimize_onnx`, or int8-dynamic).
     """
     path = Path(onnx_path)
     if not path.is_file():
@@ -98,6 +99,10 @@ def read_model_info(onnx_path: str | os.PathLike) -> tuple[onnx.ModelProto, Mode
     except Exception as exc:  # protobuf raises DecodeError and friends
         raise ArtifactError(f"{path} is not an ONNX model ({type(exc).__name__})") from exc
     props = {p.key: p.value for p in proto.metadata_props}
+    if "avit.optimization" in props:
+        raise ArtifactError(f"{path} is optimized for ONNX Runtime (contrib ops TensorRT cannot parse); build engines from the portable export")
+    if "int8 dynamic" in props.get("avit.quantization", ""):
+        raise ArtifactError(f"{path} is int8-dynamic (MatMulInteger, ONNX Runtime only); for TensorRT quantize with --quantize int8 (static QDQ)")
     return proto, ModelInfo.from_props(props, where=str(path))
 
 
