@@ -7,7 +7,8 @@ points 6 and 9, entropy policy). Missing artifacts are made first in ``--workdir
 
 Variants (same weights, same thresholds, same thread count):
 
-* ``torch eager`` — ``AdaptiveViT`` in PyTorch fp32 (real removal through the ``torch.ops.avit`` ops),
+* ``torch eager`` — ``AdaptiveViT`` in PyTorch fp32 (real removal through the ``torch.ops.avit`` ops;
+  attention as exported, or ``--eager-attention sdpa`` for ``F.scaled_dot_product_attention``),
 * ``onnx static`` — the static export (nothing paused: the full model, the reference for agreement),
 * ``adaptive fp32`` — the portable adaptive export in ONNX Runtime,
 * ``fused fp32`` — the same after ``optimize_onnx`` (attention / skip-LayerNorm / bias-GELU fusions),
@@ -95,12 +96,15 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime intra-op threads")
     parser.add_argument("--thresholds", default="0:0,0.25:0.25,0.4:0.4", help="settings, e.g. 0:0,0.25:0.25")
     parser.add_argument("--batches", default="4,16", help="part B batch sizes")
+    parser.add_argument("--eager-attention", default="explicit", choices=("explicit", "sdpa"),
+                        help="torch eager attention: the exported form (explicit MatMul/Softmax) or F.scaled_dot_product_attention")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/cpu_deployment.json"))
     args = parser.parse_args()
     console = Console(width=240)
     torch.set_num_threads(args.threads)
     paths = prepare(args.checkpoint, args.workdir, console)
     model, _ = load_checkpoint(args.checkpoint)
+    model.set_attention_impl(args.eager_attention)
     sessions = {name: AdaptiveSession(paths[name], intra_op_threads=args.threads, batch_layout="padded", calibration=False)
                 for name in ("onnx static", *ONNX_VARIANTS)}
     static = sessions["onnx static"]
@@ -110,7 +114,7 @@ def main() -> int:
     settings = [[float(v) for v in s.split(":")] for s in args.thresholds.split(",")]
     payload = {"benchmark": "cpu_deployment", "avit_version": __version__, "torch": torch.__version__,
                "onnxruntime": ort.__version__, "threads": args.threads, "rounds": args.rounds,
-               "checkpoint": str(args.checkpoint), "photos": [p.name for p in heldout],
+               "checkpoint": str(args.checkpoint), "eager_attention": args.eager_attention, "photos": [p.name for p in heldout],
                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()},
                "batch1": [], "batched": [], "threads_scaling": []}
 

@@ -241,9 +241,9 @@ def optimize_onnx(
 ) -> OptimizeReport:
     """Write an ONNX Runtime-optimized copy of the avit model ``src`` to ``dst`` (atomically).
 
-    See the module docstring for what changes. Measured on the real model (2 CPU cores, batch 1):
-    10–14 % faster than the unoptimized export in the same ONNX Runtime session settings
-    (``benchmarks/cpu_deployment.py``).
+    See the module docstring for what changes. Measured on the real model (2 CPU cores, batch 1,
+    ``benchmarks/cpu_deployment.py``): fp32 within −4 %…+3 % of the unoptimized export (no measurable
+    gain), int8 3–10 % faster.
 
     Args:
         src: ONNX model exported by avit (fp32, fp16 or quantized by :func:`~avit.exporter.quantize.quantize_onnx`).
