@@ -64,6 +64,9 @@ def describe_onnx(path: Path) -> list[tuple[str, Rows]]:
         ("nothing / everything paused at", f"{_fmt(info.nothing_paused)} / {_fmt(info.everything_paused)}"),
         ("tokens", f"{info.num_patches} patch tokens, input {info.input_size[0]}×{info.input_size[1]} px"),
         ("output", f"logits, {info.output_activation}"),
+        ("precision", info.precision),
+        ("quantization", props.get("avit.quantization", "none")),
+        ("ONNX Runtime optimization", props.get("avit.optimization", "none (portable export)")),
     ]
     io_rows: Rows = [(f"input {v.name}", _value_info(v)) for v in model.graph.input]
     io_rows += [(f"output {v.name}", _value_info(v)) for v in model.graph.output]
