@@ -54,19 +54,22 @@ ONNX_VARIANTS = {"adaptive fp32": "adaptive.onnx", "fused fp32": "adaptive.ort.o
                  "int8": "adaptive.int8.onnx", "int8 fused": "adaptive.int8.ort.onnx"}
 
 
-def prepare(ckpt: Path, workdir: Path, console: Console) -> dict[str, Path]:
+def prepare(ckpt: Path, workdir: Path, console: Console, int8_mode: str = "static", keep_fp32: str | None = None) -> dict[str, Path]:
     """Make the ONNX artifacts that are missing (each step skipped when its file exists)."""
     from avit.exporter import export_onnx
     from avit.exporter.optimize import optimize_onnx
     from avit.exporter.quantize import quantize_onnx
 
     paths = {name: workdir / file for name, file in ONNX_VARIANTS.items()}
+    if int8_mode != "static" or keep_fp32:  # another int8 recipe: its own files
+        tag = f"int8-{int8_mode}" + (f"-keep-{''.join(c for c in keep_fp32 if c.isalnum())}" if keep_fp32 else "")
+        paths["int8"], paths["int8 fused"] = workdir / f"adaptive.{tag}.onnx", workdir / f"adaptive.{tag}.ort.onnx"
     paths["onnx static"] = workdir / "static.onnx"
     model = None
     for name, make in (
         ("adaptive fp32", lambda p: export_onnx(model, p)),
         ("onnx static", lambda p: export_onnx(model.static_copy(), p)),
-        ("int8", lambda p: quantize_onnx(paths["adaptive fp32"], p, mode="static")),
+        ("int8", lambda p: quantize_onnx(paths["adaptive fp32"], p, mode=int8_mode, keep_fp32=keep_fp32)),
         ("fused fp32", lambda p: optimize_onnx(paths["adaptive fp32"], p)),
         ("int8 fused", lambda p: optimize_onnx(paths["int8"], p)),
     ):
@@ -98,11 +101,13 @@ def main() -> int:
     parser.add_argument("--batches", default="4,16", help="part B batch sizes")
     parser.add_argument("--eager-attention", default="explicit", choices=("explicit", "sdpa"),
                         help="torch eager attention: the exported form (explicit MatMul/Softmax) or F.scaled_dot_product_attention")
+    parser.add_argument("--int8-mode", default="static", choices=("static", "dynamic"), help="int8 recipe (quantize_onnx mode)")
+    parser.add_argument("--keep-fp32", default=None, help="int8: regular expression of backbone layers left fp32, e.g. 'mlp\\.fc2'")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/cpu_deployment.json"))
     args = parser.parse_args()
     console = Console(width=240)
     torch.set_num_threads(args.threads)
-    paths = prepare(args.checkpoint, args.workdir, console)
+    paths = prepare(args.checkpoint, args.workdir, console, args.int8_mode, args.keep_fp32)
     model, _ = load_checkpoint(args.checkpoint)
     model.set_attention_impl(args.eager_attention)
     sessions = {name: AdaptiveSession(paths[name], intra_op_threads=args.threads, batch_layout="padded", calibration=False)
@@ -114,7 +119,8 @@ def main() -> int:
     settings = [[float(v) for v in s.split(":")] for s in args.thresholds.split(",")]
     payload = {"benchmark": "cpu_deployment", "avit_version": __version__, "torch": torch.__version__,
                "onnxruntime": ort.__version__, "threads": args.threads, "rounds": args.rounds,
-               "checkpoint": str(args.checkpoint), "eager_attention": args.eager_attention, "photos": [p.name for p in heldout],
+               "checkpoint": str(args.checkpoint), "eager_attention": args.eager_attention,
+               "int8": {"mode": args.int8_mode, "keep_fp32": args.keep_fp32}, "photos": [p.name for p in heldout],
                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()},
                "batch1": [], "batched": [], "threads_scaling": []}
 

@@ -6,6 +6,7 @@ graphs, one-line errors, ``avit quantize`` / ``avit optimize`` / ``avit export -
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 
@@ -126,6 +127,26 @@ def test_optimized_graph_is_fused_equal_and_keeps_metadata(exported, tmp_path, i
 
     with pytest.raises(ArtifactError, match="build engines from the portable export"):
         read_model_info(report.path)
+
+
+def test_keep_fp32_leaves_the_matching_layers_unquantized(exported, tmp_path):
+    """``keep_fp32`` (the recipe that keeps ≥ 99.5 % agreement on the real model) leaves exactly the
+    matching layers fp32; dynamic mode quantizes weights per output channel."""
+    fp32 = exported[0]
+    q = quantize_onnx(fp32, tmp_path / "k.onnx", mode="dynamic", keep_fp32=r"blocks\.[0-1]\.mlp\.fc2")
+    proto = onnx.load(str(q))
+    assert sum(n.op_type == "MatMulInteger" for n in proto.graph.node) == 16 - 2
+    fc2 = [n for n in proto.graph.node if n.op_type == "MatMul" and "mlp.fc2" in scopes(n)]
+    assert len(fc2) == 2 and all(re.search(r"blocks\.[01]\.mlp\.fc2", scopes(n)) for n in fc2)  # kept float
+    meta = {p.key: p.value for p in proto.metadata_props}["avit.quantization"]
+    assert "per-channel" in meta and r"kept fp32: blocks\.[0-1]\.mlp\.fc2" in meta
+    scales = [numpy_helper.to_array(i) for i in proto.graph.initializer if i.name.endswith("_scale")]
+    assert any(s.ndim == 1 and s.size > 1 for s in scales)  # per output channel
+    with pytest.raises(InputError, match="not a regular expression"):
+        quantize_onnx(fp32, tmp_path / "x.onnx", mode="dynamic", keep_fp32="blocks[")
+    with pytest.raises(InputError, match="nothing to quantize"):
+        quantize_onnx(fp32, tmp_path / "x.onnx", mode="dynamic", keep_fp32="blocks")
+    assert not (tmp_path / "x.onnx").exists()
 
 
 def test_errors_and_cli(exported, tmp_path):

@@ -140,6 +140,7 @@ def export(
     quantize: Annotated[Optional[str], typer.Option(help="int8 (static QDQ, calibrated on photos; TensorRT's explicit-quantization form) | int8-dynamic (ONNX Runtime only): the backbone's linear layers; token heads and adaptive ops stay fp32. Writes <model>.int8.onnx.")] = None,
     calib_images: Annotated[Optional[Path], typer.Option(help="--quantize int8: folder of calibration images (default: the installed training photos).")] = None,
     calib_count: Annotated[int, typer.Option(min=1, help="--quantize int8: calibration images used (evenly spread over the folder).")] = 16,
+    keep_fp32: Annotated[Optional[str], typer.Option(help="--quantize: regular expression of backbone layers to leave fp32, e.g. 'mlp\\.fc2'.")] = None,
     optimize: Annotated[bool, typer.Option("--optimize", help="Also write <model>.ort.onnx: transformer fusions + ONNX Runtime graph optimizations, saved offline (ONNX Runtime only).")] = False,
     opt_level: Annotated[str, typer.Option(help="--optimize: ONNX Runtime level saved: basic | extended | all (all is specific to this machine's CPU).")] = "extended",
 ) -> None:
@@ -191,7 +192,7 @@ def export(
         mode = "dynamic" if quantize == "int8-dynamic" else "static"
         files = image_files(calib_images, split="train", limit=calib_count) if mode == "static" else None
         q_path = onnx_path.with_suffix(f".{quantize}.onnx")
-        quantize_onnx(onnx_path, q_path, mode=mode, calibration_images=files)
+        quantize_onnx(onnx_path, q_path, mode=mode, calibration_images=files, keep_fp32=keep_fp32)
         console.print(f"wrote {escape(str(q_path))} ({quantize}: backbone linear layers; thresholds input unchanged)")
         onnx_path = q_path
     if optimize:

@@ -29,6 +29,7 @@ def quantize_command(
     calib_count: Annotated[int, typer.Option(min=1, help="static: calibration images used (evenly spread over the folder).")] = 16,
     method: Annotated[str, typer.Option(help="static: calibration method minmax | percentile | entropy.")] = "minmax",
     asymmetric: Annotated[bool, typer.Option("--asymmetric", help="static: uint8 activations with a zero point (more accurate on the CPU; not TensorRT's form).")] = False,
+    keep_fp32: Annotated[Optional[str], typer.Option(help="Regular expression of backbone layers to leave fp32, e.g. 'mlp\\.fc2'.")] = None,
 ) -> None:
     """Quantize the backbone's linear layers to int8; token heads and adaptive ops stay fp32."""
     from avit.exporter.quantize import quantize_onnx
@@ -37,7 +38,7 @@ def quantize_command(
     files = image_files(calib_images, split="train", limit=calib_count) if mode == "static" else None
     out = output or model.with_suffix(".int8.onnx")
     path = quantize_onnx(model, out, mode=mode, calibration_images=files, calibrate_method=method,
-                         symmetric_activations=not asymmetric)
+                         symmetric_activations=not asymmetric, keep_fp32=keep_fp32)
     console.print(f"wrote {escape(str(path))} (int8 {mode}; thresholds input unchanged)")
 
 

@@ -15,7 +15,7 @@ Two modes, both ``onnxruntime.quantization``:
   tensor, both **symmetric** — the form TensorRT's explicit quantization consumes, so the same graph can
   feed ``avit export --trt``. Activation ranges are calibrated (min/max by default) on real photos run
   with nothing paused, so every token's activations are seen.
-* ``"dynamic"`` (``--quantize int8-dynamic``): int8 weights per tensor ahead of time, activations
+* ``"dynamic"`` (``--quantize int8-dynamic``): int8 weights per output channel ahead of time, activations
   quantized per call (``DynamicQuantizeLinear`` + ``MatMulInteger``); no calibration data; ONNX Runtime only.
 """
 
@@ -41,21 +41,38 @@ QUANTIZED_SCOPES = re.compile(r"^blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2))$
 METADATA_KEY = "avit.quantization"
 
 
-def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
+def quantizable_nodes(model: onnx.ModelProto, keep_fp32: str | None = None) -> list[str]:
     """Names of the ``MatMul`` nodes of the backbone's linear layers (see the module docstring).
+
+    Args:
+        model: avit ONNX export.
+        keep_fp32: Regular expression; layers whose name scope it matches (``re.search``, e.g.
+            ``"mlp\\.fc2"`` or ``"blocks\\.(10|11)\\."``) stay fp32.
 
     Raises:
         ArtifactError: the graph has none (not an avit export, or its node metadata was stripped).
+        InputError: ``keep_fp32`` is not a valid regular expression, or it leaves no layer to quantize.
     """
-    names = []
+    try:
+        keep = re.compile(keep_fp32) if keep_fp32 else None
+    except re.error as exc:
+        raise InputError(f"keep_fp32 {keep_fp32!r} is not a regular expression: {exc}") from None
+    names, kept = [], 0
     for node in model.graph.node:
         if node.op_type != "MatMul":
             continue
         scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "")
-        if any(QUANTIZED_SCOPES.match(s) for s in re.findall(r"'([^']*)'", scopes)):
-            names.append(node.name)
-    if not names:
+        layer = next((sc for sc in re.findall(r"'([^']*)'", scopes) if QUANTIZED_SCOPES.match(sc)), None)
+        if layer is None:
+            continue
+        if keep is not None and keep.search(layer):
+            kept += 1
+            continue
+        names.append(node.name)
+    if not names and not kept:
         raise ArtifactError("no backbone linear layers found to quantize (not an avit export, or node metadata stripped)")
+    if not names:
+        raise InputError(f"keep_fp32 {keep_fp32!r} keeps all {kept} backbone linear layers in fp32: nothing to quantize")
     return names
 
 
@@ -110,6 +127,7 @@ def quantize_onnx(
     calibration_images=None,
     calibrate_method: str = "minmax",
     symmetric_activations: bool = True,
+    keep_fp32: str | None = None,
 ) -> Path:
     """Write an int8 copy of the avit ONNX model ``src`` to ``dst`` (atomically; ``dst`` may equal ``src``).
 
@@ -129,6 +147,10 @@ def quantize_onnx(
             quantization accepts). False: uint8 activations with a calibrated zero point — a finer grid
             for the one-sided GELU outputs that feed ``fc2``, measured 99.1 % vs 98.5 % pixel agreement
             on the real model, but an ONNX Runtime-only graph.
+        keep_fp32: Regular expression of backbone layers to leave fp32 (:func:`quantizable_nodes`).
+            Measured on the demo model: ``"mlp\\.fc2"`` with ``mode="dynamic"`` keeps 99.56 % pixel
+            agreement with the fp32 full model (all 48 layers: 99.1 %) at 1.25× over fp32 instead of
+            1.48× (README, "CPU").
 
     Raises:
         InputError: unknown ``mode`` / ``calibrate_method``, or unusable calibration images.
@@ -151,7 +173,7 @@ def quantize_onnx(
         raise ArtifactError(f"{src} is already quantized ({props[METADATA_KEY]})")
     if "avit.optimization" in props:
         raise ArtifactError(f"{src} is optimized for ONNX Runtime; quantize the portable export, then optimize")
-    nodes = quantizable_nodes(model)
+    nodes = quantizable_nodes(model, keep_fp32)
     info = ModelInfo.from_props(props, where=str(src))
     feeds = calibration_batches(info, calibration_images) if mode == "static" else []
     del model
@@ -171,8 +193,8 @@ def quantize_onnx(
             out = Path(work) / "q.onnx"
             if mode == "dynamic":
                 quantize_dynamic(src, out, nodes_to_quantize=nodes, op_types_to_quantize=["MatMul"],
-                                 weight_type=QuantType.QInt8)
-                what = f"int8 dynamic: {len(nodes)} backbone linear layers; heads and adaptive ops fp32"
+                                 weight_type=QuantType.QInt8, per_channel=True)
+                what = f"int8 dynamic (per-channel weights): {len(nodes)} backbone linear layers; heads and adaptive ops fp32"
             else:
                 quantize_static(
                     src, out, Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
@@ -185,6 +207,8 @@ def quantize_onnx(
                 acts = "symmetric int8" if symmetric_activations else "asymmetric uint8"
                 what = (f"int8 static QDQ ({acts} activations, per-channel weights; {calibrate_method} calibration on "
                         f"{len(feeds)} images): {len(nodes)} backbone linear layers; heads and adaptive ops fp32")
+            if keep_fp32:
+                what += f"; kept fp32: {keep_fp32}"
             q = onnx.load(str(out))
             entry = q.metadata_props.add()
             entry.key, entry.value = METADATA_KEY, what
