@@ -41,6 +41,7 @@ import onnx
 
 from avit._io import atomic_write
 from avit.errors import ArtifactError, ExportError, InputError
+from avit.exporter.artifact import read_onnx
 from avit.metadata import ModelInfo
 
 #: Metadata key recording an offline optimization (JSON: fusions, level, onnxruntime version).
@@ -216,18 +217,6 @@ def parity_images(info: ModelInfo, count: int = 2, seed: int = 0) -> np.ndarray:
     return rng.standard_normal((count, c, *info.input_size)).astype(np.float32)
 
 
-def read_info(path: Path) -> tuple[onnx.ModelProto, ModelInfo, dict[str, str]]:
-    """Load an avit ONNX file. Raises :class:`ArtifactError` (missing, not ONNX, no avit metadata)."""
-    if not path.is_file():
-        raise ArtifactError(f"model not found: {path}")
-    try:
-        model = onnx.load(str(path))
-    except Exception as exc:  # onnx raises DecodeError / ValueError / OSError for foreign files
-        raise ArtifactError(f"{path} is not an ONNX model ({type(exc).__name__})") from exc
-    props = {p.key: p.value for p in model.metadata_props}
-    return model, ModelInfo.from_props(props, where=str(path)), props
-
-
 def optimize_onnx(
     src: str | os.PathLike,
     dst: str | os.PathLike,
@@ -266,7 +255,7 @@ def optimize_onnx(
     say = log or (lambda _m: None)
     src = Path(src)
     start = time.perf_counter()
-    _, info, props = read_info(src)
+    proto, info, props = read_onnx(src)
     if METADATA_KEY in props:
         raise ArtifactError(f"{src} is already optimized ({props[METADATA_KEY]})")
     import onnx_ir as ir
@@ -276,7 +265,8 @@ def optimize_onnx(
     with tempfile.TemporaryDirectory() as work:
         fused_path, saved_path = Path(work) / "fused.onnx", Path(work) / "saved.onnx"
         try:
-            model = ir.load(str(src))
+            model = ir.from_proto(proto)  # the file is read once
+            del proto
             model, counts = optimize_for_ort(model)
             ir.save(model, str(fused_path))
         except Exception as exc:  # onnxscript raises many types from its rewriter and optimizer

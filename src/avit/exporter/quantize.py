@@ -33,6 +33,7 @@ import onnx
 
 from avit._io import atomic_write
 from avit.errors import ArtifactError, InputError
+from avit.exporter.artifact import read_onnx
 from avit.metadata import ModelInfo
 
 #: Name scopes of the linear layers that are quantized.
@@ -154,27 +155,20 @@ def quantize_onnx(
 
     Raises:
         InputError: unknown ``mode`` / ``calibrate_method``, or unusable calibration images.
-        ArtifactError: ``src`` missing, not ONNX, already quantized or optimized, or without backbone
-            linear layers.
+        ArtifactError: ``src`` missing, not ONNX, without avit metadata, already quantized or optimized,
+            or without backbone linear layers.
     """
     if mode not in MODES:
         raise InputError(f"quantization mode {mode!r} is not supported (supported: {', '.join(MODES)})")
     if calibrate_method not in CALIBRATE_METHODS:
         raise InputError(f"calibration method {calibrate_method!r} is not one of {', '.join(CALIBRATE_METHODS)}")
     src = Path(src)
-    if not src.is_file():
-        raise ArtifactError(f"model not found: {src}")
-    try:
-        model = onnx.load(str(src))
-    except Exception as exc:  # onnx raises DecodeError / ValueError / OSError for foreign files
-        raise ArtifactError(f"{src} is not an ONNX model ({type(exc).__name__})") from exc
-    props = {p.key: p.value for p in model.metadata_props}
+    model, info, props = read_onnx(src)
     if METADATA_KEY in props:
         raise ArtifactError(f"{src} is already quantized ({props[METADATA_KEY]})")
     if "avit.optimization" in props:
         raise ArtifactError(f"{src} is optimized for ONNX Runtime; quantize the portable export, then optimize")
     nodes = quantizable_nodes(model, keep_fp32)
-    info = ModelInfo.from_props(props, where=str(src))
     feeds = calibration_batches(info, calibration_images) if mode == "static" else []
     del model
     from onnxruntime.quantization import (

@@ -35,6 +35,7 @@ import onnx
 
 from avit._io import atomic_write
 from avit.errors import ArtifactError, BackendUnavailableError, ExportError, InputError
+from avit.exporter.artifact import read_onnx
 from avit.metadata import ModelInfo
 from avit.runtime.trt_support import (
     EngineSidecar,
@@ -92,18 +93,12 @@ def read_model_info(onnx_path: str | os.PathLike) -> tuple[onnx.ModelProto, Mode
             (optimized by :func:`~avit.exporter.optimize.optimize_onnx`, or int8-dynamic).
     """
     path = Path(onnx_path)
-    if not path.is_file():
-        raise ArtifactError(f"model not found: {path}")
-    try:
-        proto = onnx.load(str(path))
-    except Exception as exc:  # protobuf raises DecodeError and friends
-        raise ArtifactError(f"{path} is not an ONNX model ({type(exc).__name__})") from exc
-    props = {p.key: p.value for p in proto.metadata_props}
+    proto, info, props = read_onnx(path)
     if "avit.optimization" in props:
         raise ArtifactError(f"{path} is optimized for ONNX Runtime (contrib ops TensorRT cannot parse); build engines from the portable export")
     if "int8 dynamic" in props.get("avit.quantization", ""):
         raise ArtifactError(f"{path} is int8-dynamic (MatMulInteger, ONNX Runtime only); for TensorRT quantize with --quantize int8 (static QDQ)")
-    return proto, ModelInfo.from_props(props, where=str(path))
+    return proto, info
 
 
 def profile_shapes(info: ModelInfo, min_batch: int, opt_batch: int, max_batch: int) -> dict[str, dict[str, list[int]]]:
