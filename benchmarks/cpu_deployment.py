@@ -168,7 +168,9 @@ def main() -> int:
                      "speedup_over_static": float(np.median(times[:, s, 1] / times[:, s, v])),
                      "pixel_agreement": agree["pixel_agreement"], "iou": agree["iou"], "tokens_kept": k}
             if name.startswith("int8"):  # token sets are read from the portable int8 graph (the fused one inlines the ops)
-                pa = pa_cache.get(s) or pa_cache.setdefault(s, pause_agreement(paths["adaptive fp32"], paths["int8"], x, t, threads=args.threads))
+                if s not in pa_cache:
+                    pa_cache[s] = pause_agreement(paths["adaptive fp32"], paths["int8"], x, t, threads=args.threads)
+                pa = pa_cache[s]
                 entry["paused_set_vs_fp32"] = {"decision_agreement": pa.decision_agreement, "paused_iou": pa.paused_iou,
                                                "paused_fp32": pa.paused_ref, "paused_int8": pa.paused_cand}
             row["variants"][name] = entry
