@@ -46,7 +46,7 @@ from avit import __version__
 from avit._io import atomic_write
 from avit.data import find_photos
 from avit.models import load_checkpoint
-from avit.profiling.metrics import agreement
+from avit.evaluation.metrics import agreement
 from avit.profiling.pause_sets import pause_agreement
 from avit.runtime import AdaptiveSession
 

@@ -53,7 +53,7 @@ def prepare(checkpoint: Path, workdir: Path, console: Console) -> dict[str, Path
     """Derive, save and export the three models and the static reference (reused when present)."""
     from avit.exporter import export_onnx
     from avit.models import load_checkpoint, save_checkpoint
-    from avit.models.acm import acmize
+    from avit.adapt.acm import acmize
 
     workdir.mkdir(parents=True, exist_ok=True)
     model, meta = load_checkpoint(checkpoint)

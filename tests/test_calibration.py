@@ -12,7 +12,7 @@ import pytest
 
 from avit.calibration.calibrate import calibrate
 from avit.calibration.evaluate import BackendEvaluator
-from avit.calibration.presets import Calibration, load_calibration, save_calibration
+from avit.metadata.calibration import Calibration, load_calibration, save_calibration
 from avit.calibration.search import (
     Measurement,
     ThresholdSearch,
@@ -22,7 +22,7 @@ from avit.calibration.search import (
     pick_presets,
     select_final,
 )
-from avit.calibration.space import KnobSpace
+from avit.evaluation.knobs import KnobSpace
 from avit.errors import ArtifactError, InputError
 from avit.runtime import AdaptiveSession
 from tiny_onnx import photo_dir, tiny_onnx
@@ -376,7 +376,7 @@ def test_unparsable_and_foreign_calibration_files(model, calibrated, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- CLI
 def avit(*args):
-    return subprocess.run([sys.executable, "-m", "avit.cli.main", *map(str, args)], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "avit.cli", *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
 def one_line_error(proc, pattern, code=1):

@@ -13,7 +13,7 @@ from PIL import Image
 from avit.models import save_checkpoint
 from conftest import tiny_model
 
-AVIT = [sys.executable, "-m", "avit.cli.main"]
+AVIT = [sys.executable, "-m", "avit.cli"]
 
 
 def avit(*args, cwd=None) -> subprocess.CompletedProcess:

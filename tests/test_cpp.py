@@ -20,7 +20,8 @@ import pytest
 
 from avit.errors import InputError
 from avit.runtime import AdaptiveSession
-from avit.runtime.trt_support import EngineSidecar, sha256_file, write_sidecar
+from avit._io import file_sha256
+from avit.runtime.tensorrt import EngineSidecar, write_sidecar
 from tiny_onnx import tiny_onnx
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,10 +116,10 @@ def test_engine_sidecar_written_by_python(test_core, model, tmp_path):
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"engine bytes")
     write_sidecar(engine, EngineSidecar(
-        engine_sha256=sha256_file(engine), tensorrt_version="10.14.1.48", precision="fp32",
+        engine_sha256=file_sha256(engine), tensorrt_version="10.14.1.48", precision="fp32",
         profile={"images": {"min": [1, 3, 64, 96], "opt": [4, 3, 64, 96], "max": [8, 3, 64, 96]}},
         plugin_library="/opt/avit/libavit_plugins.so", plugin_sha256="0" * 64, plugin_loader="static",
-        onnx_path=str(path), onnx_sha256=sha256_file(path), metadata=props,
+        onnx_path=str(path), onnx_sha256=file_sha256(path), metadata=props,
         pause_points=[1, 3], default_thresholds=[0.5, 0.6],
     ))
     code, out = run(test_core, "sidecar", engine)

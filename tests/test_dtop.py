@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import avit.ops as ops
-from avit.calibration.space import KnobSpace
+from avit.evaluation.knobs import KnobSpace
 from avit.errors import ConfigError, InputError
 from avit.exporter import export_onnx
 from avit.metadata import ModelInfo
@@ -174,7 +174,7 @@ def test_export_parity_graph_and_optional_input(exported):
     assert {r.batch for r in report.parity} == {1, 3}
     assert {r.dtop_k for r in report.parity} == {None, 0, 1, model.config.num_patches}
     by_label = {(r.label, r.batch): r for r in report.parity}
-    assert np.sum(by_label["middle, dtop_k=0", 3].tokens_kept_onnx) < np.sum(by_label["middle", 3].tokens_kept_onnx)
+    assert np.sum(by_label["middle, dtop_k=0", 3].tokens_kept) < np.sum(by_label["middle", 3].tokens_kept)
     proto = onnx.load(str(report.path))
     nodes = [n for n in proto.graph.node if n.domain == "avit"]
     ctx = [n for n in nodes if n.op_type == "AvitClassContextSelect"]
@@ -210,7 +210,7 @@ def test_profile_and_cli_run_work_unchanged(exported):
     result = profile(report.path, sorted(photos.iterdir()), iters=1, warmup=0, stages=True, settings=[("t", [0.3, 0.1])])
     assert {r.label for r in result.rows} >= {"nothing paused", "t"} and all(r.stages_ms for r in result.rows)
     proc = subprocess.run(
-        [sys.executable, "-m", "avit.cli.main", "run", str(report.path), str(photos / "p00.png"), "--thresholds", "0.3,0.1"],
+        [sys.executable, "-m", "avit.cli", "run", str(report.path), str(photos / "p00.png"), "--thresholds", "0.3,0.1"],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr

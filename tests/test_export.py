@@ -58,7 +58,7 @@ def test_export_parity_and_metadata(exported):
         assert [i.name for i in proto.graph.input] == ["images", "pause_thresholds"]
         # the middle settings really paused tokens in some images (the threshold input is live)
         middle = [r for r in report.parity if r.label == "middle"][0]
-        assert 0 < np.sum(middle.tokens_kept_onnx) < cfg.num_patches * len(cfg.pause_points) * middle.batch
+        assert 0 < np.sum(middle.tokens_kept) < cfg.num_patches * len(cfg.pause_points) * middle.batch
     else:
         assert avit_nodes == [] and [i.name for i in proto.graph.input] == ["images"]
 

@@ -181,7 +181,7 @@ def test_files_and_cli(tmp_path, square_images):
     with pytest.raises(CheckpointError, match="unknown checkpoint layout 'vit'"):
         import_checkpoint("vit", tmp_path / "vit.pth")
     (tmp_path / "cfg.json").write_text('{"num_classes": 3, "decoder": "linear"}')
-    cli = [sys.executable, "-m", "avit.cli.main"]
+    cli = [sys.executable, "-m", "avit.cli"]
     proc = subprocess.run(
         [*cli, "import", str(tmp_path / "vit.pth"), "-o", str(tmp_path / "m.ckpt"), "--from", "timm", "--num-heads", "2",
          "--pause-points", "1,3", "--policy", "dtop", "--fill", "canvas", "--config", str(tmp_path / "cfg.json")],

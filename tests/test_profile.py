@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from avit.errors import InputError
-from avit.profiling.latency import latency_stats
+from avit.evaluation.latency import latency_stats
 from avit.profiling.ort_profiler import node_stages, stage_names, stage_order, stage_times
 from avit.profiling.plot import plot_profile
 from avit.profiling.profile import profile
@@ -105,7 +105,7 @@ def test_profile_argument_errors(model, photos):
 
 
 def avit(*args):
-    return subprocess.run([sys.executable, "-m", "avit.cli.main", *map(str, args)], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "avit.cli", *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
 def test_cli_profile_json_and_plot(model, photos, tmp_path):

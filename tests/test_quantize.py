@@ -20,7 +20,7 @@ from avit.errors import ArtifactError, InputError
 from avit.exporter import export_onnx
 from avit.exporter.optimize import optimize_onnx
 from avit.exporter.quantize import quantize_onnx
-from avit.profiling.metrics import agreement
+from avit.evaluation.metrics import agreement
 from avit.profiling.pause_sets import active_masks, pause_agreement
 from avit.runtime import AdaptiveSession
 from conftest import tiny_model
@@ -163,7 +163,7 @@ def test_errors_and_cli(exported, tmp_path):
     with pytest.raises(ArtifactError, match="not an ONNX model"):
         quantize_onnx(tmp_path / "junk.onnx", tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
-    cli = [sys.executable, "-m", "avit.cli.main"]
+    cli = [sys.executable, "-m", "avit.cli"]
     ok = subprocess.run([*cli, "quantize", str(fp32), "--mode", "dynamic", "-o", str(tmp_path / "c.onnx")],
                         capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0 and (tmp_path / "c.onnx").is_file(), ok.stderr
@@ -185,7 +185,7 @@ def test_export_quantize_and_optimize_from_a_checkpoint(tmp_path):
 
     ckpt = tmp_path / "m.ckpt"
     save_checkpoint(tiny_model(pause_points=(1, 3)), ckpt)
-    done = subprocess.run([sys.executable, "-m", "avit.cli.main", "export", str(ckpt), "--no-check", "--quantize",
+    done = subprocess.run([sys.executable, "-m", "avit.cli", "export", str(ckpt), "--no-check", "--quantize",
                            "int8", "--calib-count", "4", "--optimize"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     paths = [tmp_path / n for n in ("m.onnx", "m.int8.onnx", "m.int8.ort.onnx")]

@@ -27,7 +27,7 @@ import pytest
 from PIL import Image
 
 from avit.calibration.calibrate import calibrate
-from avit.calibration.presets import save_calibration
+from avit.metadata.calibration import save_calibration
 from avit.data import find_photos, load_image
 from avit.errors import InputError
 from avit.runtime import AdaptiveSession, MicroBatcher

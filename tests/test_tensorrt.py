@@ -29,17 +29,18 @@ from avit.exporter.tensorrt import build_engine, prepare_onnx, profile_shapes, r
 from avit.metadata import ModelInfo
 from avit.models import save_checkpoint
 from avit.runtime import AdaptiveSession
-from avit.runtime import trt_support
-from avit.runtime.trt_support import (
+from avit._io import file_sha256
+from avit.runtime import tensorrt as trt_support
+from avit.runtime.tensorrt import (
     EngineSidecar,
     find_plugin_library,
     plugin_loader,
     read_sidecar,
-    sha256_file,
     sidecar_path,
     write_sidecar,
 )
-from avit.runtime.validate import compare_logits, validate
+from avit.evaluation.parity import compare_logits
+from avit.exporter.validate import validate
 from conftest import tiny_config, tiny_model
 
 HAVE_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -48,7 +49,7 @@ needs_no_tensorrt = pytest.mark.skipif(HAVE_TENSORRT, reason="tensorrt is instal
 needs_tensorrt = pytest.mark.skipif(
     not HAVE_TENSORRT, reason="tensorrt is not importable (needs 'avit[trt]', an NVIDIA GPU and the plugin library; see docs/tensorrt.md)"
 )
-AVIT = [sys.executable, "-m", "avit.cli.main"]
+AVIT = [sys.executable, "-m", "avit.cli"]
 
 
 def avit(*args) -> subprocess.CompletedProcess:
@@ -79,7 +80,7 @@ def fp16_export(fp32_onnx):
 def make_sidecar(onnx_path, engine_path, **overrides) -> EngineSidecar:
     proto, info = read_model_info(onnx_path)
     fields = dict(
-        engine_sha256=sha256_file(engine_path),
+        engine_sha256=file_sha256(engine_path),
         tensorrt_version="10.14.1",
         precision=info.precision,
         profile=profile_shapes(info, 1, 2, 4),
@@ -87,7 +88,7 @@ def make_sidecar(onnx_path, engine_path, **overrides) -> EngineSidecar:
         plugin_sha256="0" * 64,
         plugin_loader="dynamic",
         onnx_path=str(onnx_path),
-        onnx_sha256=sha256_file(onnx_path),
+        onnx_sha256=file_sha256(onnx_path),
         metadata={p.key: p.value for p in proto.metadata_props},
         pause_points=list(info.pause_points),
         default_thresholds=[*info.default_thresholds, float("inf")],
@@ -296,7 +297,7 @@ def test_plugin_library_discovery(tmp_path, monkeypatch):
 
 def test_trt_modules_are_torch_free():
     code = (
-        "import sys, avit.runtime.trt_support, avit.runtime.validate, avit.runtime.backends; "
+        "import sys, avit.runtime.tensorrt, avit.exporter.validate, avit.runtime.backends; "
         "sys.exit(1 if 'torch' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
@@ -340,7 +341,7 @@ def test_validate_fp16_against_fp32(fp16_export, fp32_onnx):
     assert report.ok and (report.atol, report.rtol) == (5e-2, 5e-2) and report.precision == "fp16"
     labels = {(r.label, r.batch) for r in report.rows}
     assert labels == {(lab, b) for lab in ("nothing paused", "default", "everything paused") for b in (1, 3)}
-    assert report.rows[0].comparison.engine == ("polygraphy" if HAVE_POLYGRAPHY else "numpy")
+    assert report.rows[0].engine == ("polygraphy" if HAVE_POLYGRAPHY else "numpy")
     strict = validate(fp16_export.path, path32, atol=1e-6, rtol=1e-6, batches=[2], extra_thresholds=[[0.3, 0.3]])
     assert not strict.ok and all(r.tokens_equal for r in strict.rows)  # fp16 rounding shows; selections agree
     assert strict.rows[-1].label == "custom 1" and strict.rows[-1].thresholds == pytest.approx([0.3, 0.3])
@@ -403,7 +404,7 @@ def test_gpu_engine_matches_onnxruntime(engines, fp32_onnx, fp16_export, images,
     engine = engines[which].engine_path
     reference = (fp32_onnx[1], fp16_export.path)[which]
     report = validate(engine, reference, images=images.numpy(), batches=[1, 3, 4], extra_thresholds=[[0.3, 0.3], [0.6, 0.2]])
-    bad = [(r.label, r.batch, r.comparison, r.tokens_kept, r.tokens_kept_reference) for r in report.rows if not r.ok]
+    bad = [(r.label, r.batch, r.max_abs_diff, r.tokens_kept, r.tokens_kept_reference) for r in report.rows if not r.ok]
     assert not bad, bad
 
 

@@ -9,7 +9,8 @@ from google.protobuf import text_format
 
 from avit.errors import ArtifactError, InputError
 from avit.exporter.triton import TritonModelSpec, config_pbtxt, write_triton_repository
-from avit.runtime.trt_support import EngineSidecar, sha256_file, write_sidecar
+from avit._io import file_sha256
+from avit.runtime.tensorrt import EngineSidecar, write_sidecar
 from test_cli import assert_one_line_error, avit
 from tiny_onnx import tiny_onnx
 
@@ -112,10 +113,10 @@ def _engine(onnx_path, folder, plugin):
     engine.write_bytes(b"serialized engine")
     proto = onnx.load(str(onnx_path))
     write_sidecar(engine, EngineSidecar(
-        engine_sha256=sha256_file(engine), tensorrt_version="10.14.1", precision="fp32",
+        engine_sha256=file_sha256(engine), tensorrt_version="10.14.1", precision="fp32",
         profile={"images": {"min": [1, 3, 64, 96], "opt": [2, 3, 64, 96], "max": [4, 3, 64, 96]}},
         plugin_library=str(plugin), plugin_sha256="0" * 64, plugin_loader="static", onnx_path=str(onnx_path),
-        onnx_sha256=sha256_file(onnx_path), metadata={p.key: p.value for p in proto.metadata_props},
+        onnx_sha256=file_sha256(onnx_path), metadata={p.key: p.value for p in proto.metadata_props},
         pause_points=[1, 3], default_thresholds=[0.5, 0.6],
     ))
     return engine

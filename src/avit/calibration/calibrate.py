@@ -32,8 +32,8 @@ import numpy as np
 
 from avit import __version__
 from avit.calibration.evaluate import BackendEvaluator
-from avit.calibration.presets import calibration_path, file_sha256, save_calibration
-from avit.calibration.schema import FORMAT, VERSION
+from avit.metadata.calibration import calibration_path, file_sha256, save_calibration
+from avit.metadata.calibration_schema import FORMAT, VERSION
 from avit.calibration.search import (
     PRESET_FLOORS,
     Measurement,
@@ -42,11 +42,11 @@ from avit.calibration.search import (
     pick_presets,
     select_final,
 )
-from avit.calibration.space import KnobSpace
+from avit.evaluation.knobs import KnobSpace
 from avit.errors import InputError
 from avit.models.config import AdaptiveViTConfig
 from avit.models.macs import model_macs
-from avit.profiling.latency import percentile_key
+from avit.evaluation.latency import percentile_key
 from avit.runtime import AdaptiveSession
 
 #: ``progress(stage, done, total)``; ``total`` may be an estimate.

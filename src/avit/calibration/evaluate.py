@@ -23,7 +23,7 @@ import numpy as np
 
 from avit.calibration.search import Measurement
 from avit.errors import InputError
-from avit.profiling.metrics import labels, mean_iou, pixel_agreement
+from avit.evaluation.metrics import labels, mean_iou, pixel_agreement
 from avit.runtime import AdaptiveSession
 
 #: Quality metrics: agreement with the reference model's labels, or with given label maps.

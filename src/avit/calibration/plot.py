@@ -6,21 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from avit._io import atomic_write
-from avit.errors import BackendUnavailableError
-from avit.profiling.latency import percentile_key
-
-
-def pyplot():
-    """``matplotlib.pyplot`` on the Agg backend. Raises :class:`BackendUnavailableError` if missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=True)
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise BackendUnavailableError("plots need matplotlib: pip install 'avit[plot]'") from exc
-    return plt
+from avit.evaluation.plot import pyplot, save_figure
+from avit.evaluation.latency import percentile_key
 
 
 def plot_pareto(data: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -67,7 +54,4 @@ def plot_pareto(data: dict[str, Any], path: str | os.PathLike) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path)

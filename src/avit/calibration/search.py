@@ -2,7 +2,7 @@
 
 The search is backend-agnostic: it calls an injected ``evaluate(thresholds) -> Measurement`` (the real
 one, :class:`~avit.calibration.evaluate.BackendEvaluator`, runs the model; tests inject deterministic
-functions). It works on aggressiveness vectors ``u ∈ [0, 1]^P`` (:class:`~avit.calibration.space.KnobSpace`)
+functions). It works on aggressiveness vectors ``u ∈ [0, 1]^P`` (:class:`~avit.evaluation.knobs.KnobSpace`)
 and exploits that latency and quality both fall as any ``u_p`` rises:
 
 1. **Anchors**: ``u = 0`` (nothing paused, the quality reference), ``u = 1`` (everything paused: the
@@ -43,8 +43,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from avit.calibration.space import KnobSpace
-from avit.profiling.latency import latency_stats, percentile
+from avit.evaluation.knobs import KnobSpace
+from avit.evaluation.latency import latency_stats, percentile
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +72,7 @@ class Measurement:
         return percentile(self.samples_ms, q)
 
     def stats(self, extra: Sequence[float] = ()) -> dict[str, float]:
-        """mean / percentiles / n of the per-call latency (see :func:`~avit.profiling.latency.latency_stats`)."""
+        """mean / percentiles / n of the per-call latency (see :func:`~avit.evaluation.latency.latency_stats`)."""
         return latency_stats(self.samples_ms, extra)
 
 

@@ -10,11 +10,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from avit.cli._host import main_module
+from avit.cli._app import app, cli_errors, console, err_console, fmt_values, log_line, parse_ints, parse_thresholds
 from avit.errors import InputError
 
-_main = main_module()
-app, cli_errors, console = _main.app, _main.cli_errors, _main.console
 
 
 def _ms(value: float) -> str:
@@ -46,9 +44,9 @@ def calibrate_command(
 ) -> None:
     """Search the per-pause-point thresholds for the best quality that meets a latency target; write presets."""
     from avit.calibration.calibrate import calibrate
-    from avit.calibration.presets import calibration_path
-    from avit.profiling.inputs import image_files, spread
-    from avit.profiling.latency import percentile_key
+    from avit.metadata.calibration import calibration_path
+    from avit.data.files import image_files, spread
+    from avit.evaluation.latency import percentile_key
 
     if images is None:
         calib_paths = image_files(None, "train", max_images)
@@ -73,7 +71,7 @@ def calibrate_command(
     )
     with Progress(
         TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} calls"),
-        TimeElapsedColumn(), console=_main.err_console, transient=True,
+        TimeElapsedColumn(), console=err_console, transient=True,
     ) as bar:
         tasks: dict[str, int] = {}
 
@@ -102,7 +100,7 @@ def calibrate_command(
     for m in report.front:
         mark = "chosen" if m.thresholds == chosen.thresholds else ""
         table.add_row(
-            mark, _main.fmt_values(m.thresholds), ", ".join(f"{k:.0f}" for k in m.tokens_kept),
+            mark, fmt_values(m.thresholds), ", ".join(f"{k:.0f}" for k in m.tokens_kept),
             _ms(m.latency(q)), _ms(m.stats()["mean"]), f"{m.quality:.4f}", "yes" if m.remeasured else "",
         )
     console.print(table)
@@ -110,20 +108,20 @@ def calibrate_command(
     for col in ("preset", "thresholds", f"{key} ms", "quality"):
         presets.add_column(col, justify="right")
     for name, m in report.presets.items():
-        presets.add_row(name, _main.fmt_values(m.thresholds), _ms(m.latency(q)), f"{m.quality:.4f}")
+        presets.add_row(name, fmt_values(m.thresholds), _ms(m.latency(q)), f"{m.quality:.4f}")
     console.print(presets)
     ref = report.reference
     metric_name = data["measurement"]["metric"]
     if report.meets_target:
         console.print(
-            f"[bold green]chosen[/] thresholds {_main.fmt_values(chosen.thresholds)}: {key} {_ms(chosen.latency(q))} ms "
+            f"[bold green]chosen[/] thresholds {fmt_values(chosen.thresholds)}: {key} {_ms(chosen.latency(q))} ms "
             f"<= {report.target_ms:g} ms at batch {batch}; quality {chosen.quality:.4f} ({escape(metric_name)}); "
             f"nothing paused: {key} {_ms(ref.latency(q))} ms"
         )
     else:
         console.print(
             f"[bold red]no setting meets {report.target_ms:g} ms {key} at batch {batch}[/]: the fastest measured, "
-            f"thresholds {_main.fmt_values(chosen.thresholds)}, takes {key} {_ms(chosen.latency(q))} ms "
+            f"thresholds {fmt_values(chosen.thresholds)}, takes {key} {_ms(chosen.latency(q))} ms "
             f"(quality {chosen.quality:.4f}; nothing paused: {_ms(ref.latency(q))} ms)"
         )
     check = report.heldout

@@ -1,7 +1,6 @@
 """``avit import`` (foreign checkpoint layouts → avit checkpoint) and ``avit acmize`` (MLPs → ACM learners).
 
-Registered on the running ``avit`` app (:func:`avit.cli._host.main_module`) by the import at the end of
-``avit/cli/main.py``.
+Registered on the ``avit`` app of :mod:`avit.cli._app`; :mod:`avit.cli.main` imports this module.
 """
 
 from __future__ import annotations
@@ -14,11 +13,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from avit.cli._host import main_module
+from avit.cli._app import app, cli_errors, console, err_console, fmt_values, log_line, parse_ints, parse_thresholds
 from avit.errors import InputError
 
-_main = main_module()
-app, cli_errors, console = _main.app, _main.cli_errors, _main.console
 
 
 def _overrides(config: Optional[Path], **options: Any) -> dict[str, Any]:
@@ -56,7 +53,7 @@ def import_command(
         raise InputError(f"--from must be one of {', '.join(FORMATS)}, got {source!r}")
     fields = _overrides(
         config, img_size=img_size, num_heads=num_heads, policy=policy, fill=fill,
-        pause_points=_main.parse_ints(pause_points) if pause_points is not None else None,
+        pause_points=parse_ints(pause_points) if pause_points is not None else None,
     )
     model, report = import_checkpoint(source, checkpoint, **fields)
     path = save_checkpoint(model, output, source=f"import {source} {checkpoint.name}", import_report=report.to_dict())
@@ -94,14 +91,13 @@ def acmize_command(
 
     from avit.data.images import load_batch
     from avit.models import load_checkpoint, save_checkpoint
-    from avit.models.acm import acmize
-    from avit.profiling.inputs import image_files
+    from avit.adapt.acm import acmize
+    from avit.data.files import image_files
 
     model, meta = load_checkpoint(checkpoint)
     cfg = model.config
     paths = image_files(images, "train", max_images)
     x = torch.from_numpy(load_batch(paths, cfg.img_size, cfg.mean, cfg.std))
-    points = _main.parse_ints(pause_points) if pause_points is not None else None
     acm, report = acmize(
         model, x, learners=learners, pause_points=points, steps=steps, max_tokens=max_tokens, seed=seed,
         log=lambda m: console.print(f"  {escape(m)}"),

@@ -12,11 +12,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from avit.cli._host import main_module
+from avit.cli._app import app, cli_errors, console, err_console, fmt_values, log_line, parse_ints, parse_thresholds
 from avit.errors import InputError
 
-_main = main_module()
-app, cli_errors, console = _main.app, _main.cli_errors, _main.console
 
 
 def _ms(value: float) -> str:
@@ -47,11 +45,10 @@ def profile_command(
     threads: Annotated[Optional[int], typer.Option(min=1, help="ONNX Runtime intra-op threads (default: one per core).")] = None,
 ) -> None:
     """Measure latency (mean, p50-p99), throughput, tokens kept and MACs per threshold setting and batch size."""
-    from avit.profiling.inputs import image_files
+    from avit.data.files import image_files
     from avit.profiling.profile import profile
     from avit.runtime import AdaptiveSession
 
-    parse_ints, parse_thresholds = _main.parse_ints, _main.parse_thresholds
     batches = parse_ints(batch)
     if not batches or min(batches) < 1:
         raise InputError(f"--batch needs positive integers, got {batch!r}")
@@ -68,7 +65,7 @@ def profile_command(
     quiet = json_out is not None and str(json_out) == "-"
     with Progress(
         TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-        console=_main.err_console, transient=True, disable=quiet,
+        console=err_console, transient=True, disable=quiet,
     ) as bar:
         task = bar.add_task("profiling", total=1.0)
         report = profile(

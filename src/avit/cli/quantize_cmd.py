@@ -1,8 +1,7 @@
 """``avit quantize`` and ``avit optimize``: int8 and ONNX Runtime-optimized copies of an exported model
 (:func:`avit.exporter.quantize.quantize_onnx`, :func:`avit.exporter.optimize.optimize_onnx`).
 
-Registered on the running ``avit`` app (:func:`avit.cli._host.main_module`) by the import at the end of
-``avit/cli/main.py``.
+Registered on the ``avit`` app of :mod:`avit.cli._app`; :mod:`avit.cli.main` imports this module.
 """
 
 from __future__ import annotations
@@ -13,10 +12,8 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from avit.cli._host import main_module
+from avit.cli._app import app, cli_errors, console, err_console, fmt_values, log_line, parse_ints, parse_thresholds
 
-_main = main_module()
-app, cli_errors, console = _main.app, _main.cli_errors, _main.console
 
 
 @app.command("quantize")
@@ -33,7 +30,7 @@ def quantize_command(
 ) -> None:
     """Quantize the backbone's linear layers to int8; token heads and adaptive ops stay fp32."""
     from avit.exporter.quantize import quantize_onnx
-    from avit.profiling.inputs import image_files
+    from avit.data.files import image_files
 
     files = image_files(calib_images, split="train", limit=calib_count) if mode == "static" else None
     out = output or model.with_suffix(".int8.onnx")

@@ -1,7 +1,6 @@
 """``avit serve`` (HTTP service, FastAPI + uvicorn) and ``avit triton-repo`` (Triton model repository).
 
-Registered on the running ``avit`` app (:func:`avit.cli._host.main_module`) by the import at the end of
-``avit/cli/main.py``. See docs/serving.md.
+Registered on the ``avit`` app of :mod:`avit.cli._app`; :mod:`avit.cli.main` imports this module.
 """
 
 from __future__ import annotations
@@ -13,12 +12,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from avit.cli._host import main_module
+from avit.cli._app import app, cli_errors, console, err_console, fmt_values, log_line, parse_ints, parse_thresholds
 from avit.errors import InputError
 
-_main = main_module()
-app, cli_errors, console, err_console = _main.app, _main.cli_errors, _main.console, _main.err_console
-parse_thresholds = _main.parse_thresholds
 
 
 @app.command("serve")
@@ -97,7 +93,7 @@ def triton_repo_command(
         table.add_column(col)
     for spec in repo.models:
         if spec.fixed_thresholds is not None:
-            what = "fixed " + _main.fmt_values(spec.fixed_thresholds)
+            what = "fixed " + fmt_values(spec.fixed_thresholds)
         else:
             what = {"request": "per request", "optional": "per request (optional)", "none": "-"}[spec.thresholds_input]
         table.add_row(

@@ -1,7 +1,6 @@
 """``avit validate``: parity of a TensorRT engine (or any avit artifact) against its ONNX model.
 
-Registered on the running ``avit`` app (:func:`avit.cli._host.main_module`) by the import at the end of
-``avit/cli/main.py``.
+Registered on the ``avit`` app of :mod:`avit.cli._app`; :mod:`avit.cli.main` imports this module.
 """
 
 from __future__ import annotations
@@ -13,24 +12,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from avit.cli._host import main_module
+from avit.cli._app import app, cli_errors, console, err_console, fmt_values, log_line, parse_ints, parse_thresholds
 from avit.errors import ExportError, InputError
 
-_main = main_module()
-app, cli_errors, console = _main.app, _main.cli_errors, _main.console
-fmt_values, parse_ints, parse_thresholds = _main.fmt_values, _main.parse_ints, _main.parse_thresholds
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-
-
-def image_files(folder: Path) -> list[Path]:
-    """Image files directly in ``folder``, sorted. Raises :class:`InputError` if there are none."""
-    if not folder.is_dir():
-        raise InputError(f"--images {folder} is not a folder")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
-    return files
 
 
 @app.command()
@@ -46,8 +30,11 @@ def validate(
     plugins: Annotated[Optional[Path], typer.Option(help="avit TensorRT plugin library (default: the sidecar's, $AVIT_PLUGIN_LIBRARY, build/plugins).")] = None,
 ) -> None:
     """Compare an engine with ONNX Runtime at nothing-paused / default / everything-paused thresholds."""
-    from avit.runtime.validate import validate as run_validation
+    from avit.data.files import image_files
+    from avit.exporter.validate import validate as run_validation
 
+    if images is not None and not images.is_dir():
+        raise InputError(f"--images {images} is not a folder")
     extra = [parse_thresholds(t) for t in thresholds or []]
     report = run_validation(
         model,
@@ -61,7 +48,7 @@ def validate(
     )
     table = Table(
         title=f"{escape(model.name)} ({report.backend}, {report.precision}) vs {escape(report.reference.name)} "
-        f"(onnxruntime): atol {report.atol:g}, rtol {report.rtol:g}, comparator {report.rows[0].comparison.engine}"
+        f"(onnxruntime): atol {report.atol:g}, rtol {report.rtol:g}, comparator {report.rows[0].engine}"
     )
     for col in ("thresholds", "batch", "max |Δlogits|", "max rel", "tokens kept", ""):
         table.add_column(col, justify="right")
@@ -70,8 +57,8 @@ def validate(
         table.add_row(
             f"{row.label} ({fmt_values(row.thresholds) or '-'})",
             str(row.batch),
-            f"{row.comparison.max_abs_diff:.2e}",
-            f"{row.comparison.max_rel_diff:.2e}",
+            f"{row.max_abs_diff:.2e}",
+            f"{row.max_rel_diff:.2e}",
             escape(kept),
             "ok" if row.ok else "[bold red]FAIL[/]",
         )
@@ -79,6 +66,6 @@ def validate(
     bad = [r for r in report.rows if not r.ok]
     if bad:
         r = bad[0]
-        what = "token counts differ" if not r.tokens_equal else f"{r.comparison.mismatches} logits beyond tolerance"
+        what = "token counts differ" if not r.tokens_equal else f"{r.mismatches} logits beyond tolerance"
         raise ExportError(f"validation failed on {len(bad)} of {len(report.rows)} settings, e.g. '{r.label}' batch {r.batch}: {what}")
     console.print(f"{escape(str(model))} matches {escape(str(report.reference))} on {len(report.rows)} settings")

@@ -14,7 +14,7 @@ _LAZY = {
     "ExportReport": "avit.exporter.onnx_export",
     "export_onnx": "avit.exporter.onnx_export",
     "to_onnx_proto": "avit.exporter.onnx_export",
-    "ParityRow": "avit.exporter.parity",
+    "ParityRow": "avit.evaluation.parity",
     "check_parity": "avit.exporter.parity",
     "probe_thresholds": "avit.exporter.parity",
 }

@@ -41,6 +41,7 @@ import onnx
 
 from avit._io import atomic_write
 from avit.errors import ArtifactError, ExportError, InputError
+from avit.evaluation.parity import ParityRow, Runner, compare, failure_message, probe_stable_threshold, threshold_settings
 from avit.exporter.artifact import read_onnx
 from avit.metadata import ModelInfo
 
@@ -48,29 +49,6 @@ from avit.metadata import ModelInfo
 METADATA_KEY = "avit.optimization"
 #: ``level`` values and the ONNX Runtime graph optimization levels they name.
 LEVELS = {"basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
-
-
-@dataclasses.dataclass
-class ParityCheck:
-    """One ONNX-vs-ONNX comparison (:func:`compare_onnx`).
-
-    Attributes:
-        label: Which setting ("nothing paused", "stable middle", "everything paused").
-        thresholds: float ``[P]`` fed as ``pause_thresholds``.
-        max_abs_diff: Max |logits_ref − logits_test| over the batch.
-        tokens_kept_ref, tokens_kept_test: int ``[B][P]``.
-        pixel_agreement: Fraction of output pixels with the same label in both.
-        ok: Equal token counts and ``max_abs_diff <= atol`` (float graphs) or ``pixel_agreement >=
-            min_agreement`` (quantized graphs, see :func:`compare_onnx`).
-    """
-
-    label: str
-    thresholds: list[float]
-    max_abs_diff: float
-    tokens_kept_ref: list[list[int]]
-    tokens_kept_test: list[list[int]]
-    ok: bool
-    pixel_agreement: float = 1.0
 
 
 @dataclasses.dataclass
@@ -89,7 +67,7 @@ class OptimizeReport:
     path: Path
     fusions: dict[str, int]
     level: str
-    parity: list[ParityCheck]
+    parity: list[ParityRow]
     seconds: float
     size_bytes: int
 
@@ -105,44 +83,15 @@ def _session(path: str | os.PathLike, level: str = "all", threads: int = 0):
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def _run(session, images: np.ndarray, thresholds: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    feeds = {"images": images}
-    if thresholds is not None:
-        feeds["pause_thresholds"] = thresholds
-    logits, kept = session.run(["logits", "tokens_kept"], feeds)
-    return logits, kept
+def _runner(session) -> Runner:
+    def run(images: np.ndarray, thresholds: np.ndarray | None, dtop_k: int | None):
+        feeds = {"images": images} if thresholds is None else {"images": images, "pause_thresholds": thresholds}
+        if dtop_k is not None:
+            feeds["dtop_k"] = np.asarray(dtop_k, np.int64)
+        logits, kept = session.run(["logits", "tokens_kept"], feeds)
+        return logits, kept
 
-
-def stable_threshold(session, info: ModelInfo, images: np.ndarray, gap: float = 1e-4) -> np.ndarray | None:
-    """A ``[P]`` threshold (same value at every pause point) that pauses some tokens and lies at least
-    ``gap`` away from every token score: the token counts are identical at ``t − gap`` and ``t + gap``
-    (counts are monotone in the threshold), so rounding differences between two equivalent graphs
-    (~1e-6 in the scores) cannot move a token across it.
-
-    Only for score-threshold policies (``entropy``, ``confidence``, ``dtop``). Candidates are the model
-    defaults' mean scaled by 0.5–8, tried until one is stable and pauses 10–90 % of the tokens (else
-    the stable one pausing closest to half); None when no candidate is stable and pauses something.
-    """
-    if info.policy not in ("entropy", "confidence", "dtop") or not info.num_pause_points:
-        return None
-    n = info.num_pause_points
-    base = float(np.mean(info.default_thresholds)) or 0.25
-    lo, hi = sorted((info.nothing_paused, info.everything_paused))
-    full = info.num_patches * images.shape[0] * n
-    best, best_dist = None, None
-    for scale in (1.0, 1.5, 2.0, 2.5, 3.0, 0.75, 3.5, 4.0, 0.5, 5.0, 6.0, 8.0):
-        t = base * scale
-        if not (lo < t - gap and t + gap < hi):
-            continue
-        below, above = (_run(session, images, np.full(n, v, np.float32))[1] for v in (t - gap, t + gap))
-        if not np.array_equal(below, above) or not 0 < above.sum() < full:
-            continue
-        dist = abs(above.sum() / full - 0.5)
-        if best_dist is None or dist < best_dist:
-            best, best_dist = np.full(n, t, np.float32), dist
-        if dist <= 0.4:
-            break
-    return best
+    return run
 
 
 def compare_onnx(
@@ -153,11 +102,12 @@ def compare_onnx(
     atol: float = 1e-4,
     min_agreement: float | None = None,
     threads: int = 0,
-) -> list[ParityCheck]:
+) -> list[ParityRow]:
     """Run two avit ONNX models on the same images in ONNX Runtime CPU and compare them.
 
-    Settings: nothing paused, everything paused, and (score-threshold policies, float graphs) a
-    :func:`stable_threshold`; a static model is compared once.
+    Settings (:func:`avit.evaluation.parity.threshold_settings`): nothing paused, everything paused,
+    and (score-threshold policies, float graphs) a probed threshold no token score lies near
+    (:func:`~avit.evaluation.parity.probe_stable_threshold`); a static model is compared once.
 
     Float graphs must match to ``atol``. Quantized graphs (``min_agreement`` given) cannot: ONNX Runtime
     runs the same QDQ graph through different int8 kernels depending on which fusions preceded
@@ -175,32 +125,16 @@ def compare_onnx(
         threads: ONNX Runtime intra-op threads (0: its default).
 
     Returns:
-        One :class:`ParityCheck` per setting.
+        One :class:`~avit.evaluation.parity.ParityRow` per setting, the whole of ``images`` as one batch.
     """
-    from avit.profiling.metrics import agreement
-
     ref, cand = _session(reference, threads=threads), _session(candidate, threads=threads)
     info = ModelInfo.from_props(dict(ref.get_modelmeta().custom_metadata_map), where=str(reference))
-    n = info.num_pause_points
-    settings: list[tuple[str, np.ndarray | None]] = []
-    if n:
-        settings.append(("nothing paused", np.full(n, info.nothing_paused, np.float32)))
-        middle = stable_threshold(ref, info, images) if min_agreement is None else None
-        if middle is not None:
-            settings.append(("stable middle", middle))
-        settings.append(("everything paused", np.full(n, info.everything_paused, np.float32)))
-    else:
-        settings.append(("static", None))
-    rows = []
-    for label, t in settings:
-        la, ka = _run(ref, images, t)
-        lb, kb = _run(cand, images, t)
-        diff = float(np.abs(la - lb).max())
-        agree = float(agreement(lb, la)["pixel_agreement"])
-        same = ka.shape == kb.shape and bool(np.array_equal(ka, kb))
-        close = diff <= atol if min_agreement is None else agree >= min_agreement
-        rows.append(ParityCheck(label, [] if t is None else t.tolist(), diff, ka.tolist(), kb.tolist(), same and close, agree))
-    return rows
+    run_ref = _runner(ref)
+    # Quantized graphs get no probed middle: int8 noise moves scores by more than any gap.
+    probe = None if min_agreement is not None else (lambda f: probe_stable_threshold(run_ref, info, images, f))
+    settings = threshold_settings(info, probe=probe, default=False)
+    settings = [s for s in settings if s.label != "deep"]
+    return compare(_runner(cand), run_ref, images, settings, (images.shape[0],), atol=atol, min_agreement=min_agreement)
 
 
 def parity_images(info: ModelInfo, count: int = 2, seed: int = 0) -> np.ndarray:
@@ -292,22 +226,16 @@ def optimize_onnx(
         entry.value = json.dumps({"fusions": fusions, "level": level, "onnxruntime": ort.__version__,
                                   "execution_provider": "CPUExecutionProvider"})
         onnx.save(saved, str(saved_path))
-        parity: list[ParityCheck] = []
+        parity: list[ParityRow] = []
         if check:
             x = parity_images(info) if images is None else images
             quantized = "avit.quantization" in props
             parity = compare_onnx(src, saved_path, x, atol=atol, min_agreement=min_agreement if quantized else None)
             for row in parity:
-                say(f"parity {row.label:<18} max|Δlogits| {row.max_abs_diff:.2e}  pixels agree {100 * row.pixel_agreement:.2f} %  tokens kept "
-                    f"{row.tokens_kept_ref} vs {row.tokens_kept_test}  {'ok' if row.ok else 'FAILED'}")
-            bad = [r for r in parity if not r.ok]
-            if bad:
-                r = bad[0]
-                raise ExportError(
-                    f"optimized graph differs from {src.name} at {r.label}: max |Δlogits| {r.max_abs_diff:.2e} "
-                    f"(atol {atol:g}), pixel agreement {100 * r.pixel_agreement:.2f} %, tokens kept "
-                    f"{r.tokens_kept_ref} vs {r.tokens_kept_test}; nothing written"
-                )
+                say(f"parity {row.describe()}")
+            message = failure_message(parity, atol=atol, what=f"parity check against {src.name}")
+            if message:
+                raise ExportError(f"{message}; nothing written")
         path = atomic_write(dst, lambda tmp: Path(tmp).write_bytes(saved_path.read_bytes()))
     return OptimizeReport(path, fusions, level, parity, time.perf_counter() - start, path.stat().st_size)
 
@@ -318,5 +246,5 @@ def optimization_of(props: dict[str, str]) -> dict | None:
     return json.loads(text) if text else None
 
 
-__all__: Sequence[str] = ("LEVELS", "METADATA_KEY", "OptimizeReport", "ParityCheck", "compare_onnx",
-                          "optimization_of", "optimize_onnx", "parity_images", "stable_threshold")
+__all__: Sequence[str] = ("LEVELS", "METADATA_KEY", "OptimizeReport", "compare_onnx", "optimization_of",
+                          "optimize_onnx", "parity_images")

@@ -1,5 +1,8 @@
 """Parity between PyTorch eager and an exported ONNX model, at thresholds that cannot flake.
 
+The comparison itself is the shared harness (:mod:`avit.evaluation.parity`); this module adds what
+needs PyTorch: the eager runner and the probes that read token scores off the model.
+
 A token whose score lies within float rounding of a threshold may pause in one backend and not the
 other (ONNX Runtime and PyTorch round differently by ~1e-7). :func:`probe_thresholds` therefore picks
 the middle thresholds at the midpoint of a wide gap between the scores the tokens actually have at each
@@ -10,40 +13,23 @@ values of their ``dtop_k`` input.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
 from avit.errors import ExportError
-from avit.models import AdaptiveViT, everything_paused, nothing_paused
+from avit.evaluation.parity import (
+    DEFAULT_MIN_GAP,
+    ParityRow,
+    Runner,
+    compare,
+    failure_message,
+    session_runner,
+    threshold_settings,
+)
+from avit.models import AdaptiveViT, nothing_paused
 from avit.ops import token_scores
-
-
-@dataclasses.dataclass
-class ParityRow:
-    """One parity measurement.
-
-    Attributes:
-        label: Which setting ("nothing paused", "middle", …).
-        batch: Images in the batch.
-        thresholds: The ``pause_thresholds`` used.
-        max_abs_diff: Max |logits_torch − logits_onnx|.
-        tokens_kept_torch, tokens_kept_onnx: int ``[batch][P]``.
-        ok: Within tolerance and equal token counts.
-        dtop_k: The ``dtop_k`` input fed (``dtop`` models), None = the model's default.
-    """
-
-    label: str
-    batch: int
-    thresholds: list[float]
-    max_abs_diff: float
-    tokens_kept_torch: list[list[int]]
-    tokens_kept_onnx: list[list[int]]
-    ok: bool
-    dtop_k: int | None = None
 
 
 def _gap_midpoint(scores: np.ndarray, quantile: float, min_gap: float = 1e-4) -> float:
@@ -130,29 +116,30 @@ def probe_acm_thresholds(
     return thresholds
 
 
-def parity_settings(
-    model: AdaptiveViT, images: torch.Tensor, min_gap: float = 1e-4
-) -> list[tuple[str, torch.Tensor]]:
-    """The labelled threshold settings the exporter checks (``min_gap``: see :func:`probe_thresholds`)."""
-    cfg = model.config
-    if model.num_pause_points == 0:
-        return [("static", torch.zeros(0))]
-    nothing, everything = nothing_paused(cfg), everything_paused(cfg)
-    last_only = nothing.clone()
-    last_only[-1] = everything[-1]
-    if cfg.policy == "keep_ratio":
-        middle = torch.full_like(nothing, 0.5)
-        deep = torch.full_like(nothing, 0.25)
-    else:
-        middle = probe_thresholds(model, images, [0.5] * model.num_pause_points, min_gap)
-        deep = probe_thresholds(model, images, [0.75] * model.num_pause_points, min_gap)
-    return [
-        ("nothing paused", nothing),
-        ("everything paused", everything),
-        ("middle", middle),
-        ("deep", deep),
-        ("pause at last point only", last_only),
-    ]
+def torch_probe(model: AdaptiveViT, images: torch.Tensor, min_gap: float = DEFAULT_MIN_GAP):
+    """The exporter's probe for :func:`avit.evaluation.parity.threshold_settings`: fraction of tokens to
+    pause → ``[P]`` thresholds read off PyTorch's own token scores (:func:`probe_thresholds`); keep-ratio
+    models keep ``1 − fraction`` of their tokens (nothing to probe)."""
+
+    def probe(fraction: float) -> np.ndarray:
+        if model.config.policy == "keep_ratio":
+            return np.full(model.num_pause_points, 1.0 - fraction, np.float32)
+        return probe_thresholds(model, images, [fraction] * model.num_pause_points, min_gap).numpy()
+
+    return probe
+
+
+def torch_runner(model: AdaptiveViT) -> Runner:
+    """A parity runner (:data:`avit.evaluation.parity.Runner`) over PyTorch eager."""
+
+    @torch.no_grad()
+    def run(images: np.ndarray, thresholds: np.ndarray | None, dtop_k: int | None):
+        t = None if thresholds is None else torch.from_numpy(np.asarray(thresholds, np.float32))
+        k = None if dtop_k is None else torch.tensor(dtop_k)
+        logits, kept = model(torch.from_numpy(images), t, k)
+        return logits.numpy(), kept.numpy()
+
+    return run
 
 
 def check_parity(
@@ -162,19 +149,29 @@ def check_parity(
     images: np.ndarray | None = None,
     batches: Sequence[int] = (1, 3),
     atol: float = 1e-4,
-    min_gap: float = 1e-4,
+    min_gap: float = DEFAULT_MIN_GAP,
     log: Callable[[str], None] | None = None,
 ) -> list[ParityRow]:
-    """Compare PyTorch eager with ONNX Runtime (CPU) on ``onnx_path``.
+    """Compare PyTorch eager with ONNX Runtime (CPU) on ``onnx_path`` with the parity harness
+    (:mod:`avit.evaluation.parity`): nothing paused, everything paused, pausing at the last point only
+    and two thresholds probed from PyTorch's scores (``dtop`` models also at other ``dtop_k``), each at
+    every batch size; logits must match to max |Δlogits| ≤ ``atol`` with equal token counts.
 
-    ``min_gap``: see :func:`probe_thresholds` (wider for an fp16 model compared with float32 PyTorch).
+    Args:
+        model: The model exported.
+        onnx_path: The exported file.
+        images: float32 ``[n >= max(batches), C, H, W]``; default seeded noise.
+        batches: Batch sizes.
+        atol: Largest allowed max |Δlogits|.
+        min_gap: See :func:`probe_thresholds` (wider for an fp16 model compared with float32 PyTorch).
+        log: One line per row.
 
     Raises:
         ExportError: any setting's logits differ by more than ``atol`` or its token counts differ.
     """
-    from avit.runtime import AdaptiveSession  # local: the runtime is torch-free and imports nothing from here
+    from avit.metadata import ModelInfo
+    from avit.runtime import AdaptiveSession  # the runtime is torch-free and imports nothing from here
 
-    say = log or (lambda msg: None)
     cfg = model.config
     if images is None:
         gen = torch.Generator().manual_seed(0)
@@ -183,37 +180,12 @@ def check_parity(
     if images.shape[0] < max(batches):
         raise ExportError(f"parity check needs {max(batches)} images, got {images.shape[0]}")
     session = AdaptiveSession(onnx_path)
+    info: ModelInfo = session.info
     model = model.eval().set_attention_impl("explicit")
-    rows: list[ParityRow] = []
-    settings = parity_settings(model, torch.from_numpy(images[: max(batches)]), min_gap)
-    runs = [(label, t, None) for label, t in settings]
-    if cfg.policy == "dtop" and model.num_pause_points:  # the optional dtop_k input is live
-        middle = dict(settings)["middle"]
-        runs += [("middle, dtop_k=0", middle, 0), ("middle, dtop_k=1", middle, 1), ("middle, dtop_k=all", middle, cfg.num_patches)]
-    for batch in batches:
-        x = images[:batch]
-        for label, thresholds, k in runs:
-            with torch.no_grad():
-                ref_logits, ref_kept = model(
-                    torch.from_numpy(x), thresholds if thresholds.numel() else None, None if k is None else torch.tensor(k)
-                )
-            result = session.run(x, thresholds.tolist() if thresholds.numel() else None, dtop_k=k)
-            diff = float(np.abs(result.logits - ref_logits.numpy()).max())
-            same_counts = np.array_equal(result.tokens_kept, ref_kept.numpy())
-            ok = same_counts and diff <= atol and math.isfinite(diff)
-            rows.append(
-                ParityRow(label, batch, [float(t) for t in thresholds], diff, ref_kept.tolist(), result.tokens_kept.tolist(), ok, k)
-            )
-            say(
-                f"parity batch {batch} {label:<26} max|Δlogits| {diff:.2e}  tokens kept torch "
-                f"{ref_kept.tolist()} onnx {result.tokens_kept.tolist()}  {'ok' if ok else 'FAIL'}"
-            )
-    bad = [r for r in rows if not r.ok]
-    if bad:
-        r = bad[0]
-        raise ExportError(
-            f"parity check failed ({len(bad)} of {len(rows)} settings), e.g. batch {r.batch} '{r.label}': "
-            f"max|Δlogits| {r.max_abs_diff:.3g} (atol {atol:g}), tokens kept torch {r.tokens_kept_torch} "
-            f"vs onnx {r.tokens_kept_onnx}"
-        )
+    probe = torch_probe(model, torch.from_numpy(images[: max(batches)]), min_gap)
+    settings = threshold_settings(info, probe=probe, default=False, last_only=True)
+    rows = compare(session_runner(session), torch_runner(model), images, settings, batches, atol=atol, log=log)
+    message = failure_message(rows, atol=atol)
+    if message:
+        raise ExportError(message)
     return rows

@@ -4,7 +4,7 @@
 network (the ONNX types decide the precision: an fp16 engine comes from an fp16 ONNX,
 ``avit export --precision fp16``; TensorRT 11 has no other mode), adds one optimization profile for the
 batch size (the image size is fixed by the model), builds with an optional timing cache and writes
-``model.engine`` atomically with its sidecar ``model.engine.json`` (:mod:`avit.runtime.trt_support`).
+``model.engine`` atomically with its sidecar ``model.engine.json`` (:mod:`avit.runtime.tensorrt`).
 
 The pause thresholds stay an engine *input* (``pause_thresholds``, float32 ``[P]``, shape-static), so
 every inference call chooses its own; nothing about them is baked in at build time.
@@ -19,7 +19,7 @@ removed), for comparing the two.
 
 TensorRT is imported lazily; without it :func:`build_engine` raises
 :class:`~avit.errors.BackendUnavailableError` with one line saying so. :func:`trtexec_command`,
-:func:`prepare_onnx` and everything in :mod:`avit.runtime.trt_support` work without TensorRT.
+:func:`prepare_onnx` and everything in :mod:`avit.runtime.tensorrt` work without TensorRT.
 """
 
 from __future__ import annotations
@@ -33,17 +33,16 @@ from pathlib import Path
 
 import onnx
 
-from avit._io import atomic_write
+from avit._io import atomic_write, file_sha256
 from avit.errors import ArtifactError, BackendUnavailableError, ExportError, InputError
 from avit.exporter.artifact import read_onnx
 from avit.metadata import ModelInfo
-from avit.runtime.trt_support import (
+from avit.runtime.tensorrt import (
     EngineSidecar,
     find_plugin_library,
     import_tensorrt,
     load_plugin_library,
     plugin_loader,
-    sha256_file,
     sidecar_path,
     write_sidecar,
 )
@@ -154,7 +153,7 @@ def trtexec_command(
 
     Flags (TensorRT 10/11 trtexec): ``--onnx``, ``--saveEngine``, ``--stronglyTyped`` (needed in 10.x, a
     no-op in 11), ``--minShapes/--optShapes/--maxShapes`` per profiled input, ``--staticPlugins`` or
-    ``--dynamicPlugins`` by library (see :func:`~avit.runtime.trt_support.plugin_loader`),
+    ``--dynamicPlugins`` by library (see :func:`~avit.runtime.tensorrt.plugin_loader`),
     ``--enablePluginOverride`` where the parser has the flag, ``--noTF32`` unless TF32 is allowed,
     ``--memPoolSize=workspace:<N>M``, ``--timingCacheFile`` and ``--skipInference`` (build only).
 
@@ -223,7 +222,7 @@ def build_engine(
     Args:
         onnx_path: ONNX model exported by avit (fp32 or fp16; the network is strongly typed).
         engine_path: Output; default ``onnx_path`` with suffix ``.engine``. Its sidecar is ``<engine>.json``.
-        plugin_library: The avit plugin library; default :func:`~avit.runtime.trt_support.find_plugin_library`
+        plugin_library: The avit plugin library; default :func:`~avit.runtime.tensorrt.find_plugin_library`
             (``$AVIT_PLUGIN_LIBRARY``, then ``build/plugins`` / ``plugins/build*``).
         use_plugins: False: build the stock engine from the standard-op lowering (no plugin library).
         min_batch, opt_batch, max_batch: The batch range of the optimization profile.
@@ -325,10 +324,10 @@ def build_engine(
         precision=info.precision,
         profile=profile,
         plugin_library=str(Path(library).resolve()) if library is not None else None,
-        plugin_sha256=sha256_file(library) if library is not None else None,
+        plugin_sha256=file_sha256(library) if library is not None else None,
         plugin_loader=loader,
         onnx_path=str(onnx_path.resolve()),
-        onnx_sha256=sha256_file(onnx_path),
+        onnx_sha256=file_sha256(onnx_path),
         metadata=props,
         pause_points=list(info.pause_points),
         default_thresholds=list(info.default_thresholds),
@@ -346,7 +345,7 @@ def build_engine(
 
     def write(tmp: str) -> None:
         Path(tmp).write_bytes(blob)
-        sidecar.engine_sha256 = sha256_file(tmp)
+        sidecar.engine_sha256 = file_sha256(tmp)
         write_sidecar(engine_path, sidecar)  # atomically, before the engine appears under its name
 
     atomic_write(engine_path, write)

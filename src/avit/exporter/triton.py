@@ -272,7 +272,7 @@ def write_triton_repository(
     """
     import onnx
 
-    from avit.runtime import trt_support
+    from avit.runtime import tensorrt as trt_support
 
     model = Path(model)
     if not model.is_file():
@@ -303,7 +303,7 @@ def write_triton_repository(
 
     settings: dict[str, tuple[float, ...]] = {}
     if presets:
-        from avit.calibration.presets import calibration_path, load_calibration
+        from avit.metadata.calibration import calibration_path, load_calibration
 
         calib_file = calibration_path(model)
         if not calib_file.is_file():

@@ -42,13 +42,13 @@ class LayerScale(nn.Module):
 
 
 class Mlp(nn.Module):
-    """``fc2(GELU(fc1(x)))`` with exact (erf) GELU."""
+    """``fc2(GELU(fc1(x)))`` with exact (erf) GELU: float ``[..., dim]`` → ``[..., out_dim]`` (default ``dim``)."""
 
-    def __init__(self, dim: int, hidden: int) -> None:
+    def __init__(self, dim: int, hidden: int, out_dim: int | None = None) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = nn.Linear(hidden, dim if out_dim is None else out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))

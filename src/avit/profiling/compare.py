@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from avit.profiling.metrics import agreement
+from avit.evaluation.metrics import agreement
 from avit.runtime import AdaptiveSession
 
 

@@ -9,8 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from avit._io import atomic_write
-from avit.calibration.plot import pyplot
+from avit.evaluation.plot import pyplot, save_figure
 from avit.profiling.ort_profiler import stage_order
 
 
@@ -86,7 +85,4 @@ def plot_profile(report: dict[str, Any], path: str | os.PathLike) -> Path:
         ax.legend(fontsize=6, ncol=3)
     axes[-1].set_xticks(x, [_tick(first[l]) for l in labels], fontsize=7)
     fig.tight_layout()
-    try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path)

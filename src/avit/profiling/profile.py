@@ -31,8 +31,8 @@ import numpy as np
 from avit.errors import InputError
 from avit.models.config import AdaptiveViTConfig
 from avit.models.macs import model_macs
-from avit.profiling.latency import latency_stats
-from avit.profiling.metrics import agreement
+from avit.evaluation.latency import latency_stats
+from avit.evaluation.metrics import agreement
 from avit.runtime import AdaptiveSession
 
 
@@ -106,10 +106,10 @@ class ProfileReport:
 def default_settings(session: AdaptiveSession) -> list[tuple[str, list[float]]]:
     """Settings to profile when none are given: the calibration presets if any, else a knob grid.
 
-    The grid is the diagonal ``u = 0.25, 0.5, 0.75`` of :class:`~avit.calibration.space.KnobSpace`
+    The grid is the diagonal ``u = 0.25, 0.5, 0.75`` of :class:`~avit.evaluation.knobs.KnobSpace`
     (e.g. entropy thresholds 0.25, 0.5, 0.75 × ln C), plus the model's default thresholds.
     """
-    from avit.calibration.space import KnobSpace
+    from avit.evaluation.knobs import KnobSpace
 
     if session.presets:
         ordered = sorted(session.presets.values(), key=lambda p: -p.latency_ms)

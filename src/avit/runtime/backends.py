@@ -16,6 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
+from avit._io import file_sha256
 from avit.errors import ArtifactError, BackendUnavailableError
 
 
@@ -98,7 +99,7 @@ class TensorRTBackend:
     Args:
         path: The engine.
         plugin_library: The avit plugin library; default: the one recorded in the sidecar if it still
-            exists, else :func:`~avit.runtime.trt_support.find_plugin_library`.
+            exists, else :func:`~avit.runtime.tensorrt.find_plugin_library`.
 
     Raises:
         BackendUnavailableError: TensorRT or cuda-python missing, or no usable GPU.
@@ -109,7 +110,7 @@ class TensorRTBackend:
     name = "tensorrt"
 
     def __init__(self, path: Path, plugin_library: str | os.PathLike | None = None) -> None:
-        from avit.runtime import trt_support
+        from avit.runtime import tensorrt as trt_support
 
         trt = trt_support.import_tensorrt()
         self.cudart = trt_support.import_cudart()
@@ -126,7 +127,7 @@ class TensorRTBackend:
                 plugin_library if plugin_library is not None else (recorded if recorded.is_file() else None)
             )
             trt_support.load_plugin_library(trt, library, required=info.adaptive_ops)
-            if trt_support.sha256_file(library) != self.sidecar.plugin_sha256:
+            if file_sha256(library) != self.sidecar.plugin_sha256:
                 warnings.warn(
                     f"plugin library {library} differs from the one {path.name} was built with "
                     f"({self.sidecar.plugin_library}); rebuild the engine if results look wrong",

@@ -22,7 +22,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from avit.calibration.presets import Calibration, Preset, calibration_path, load_calibration
+from avit.metadata.calibration import Calibration, Preset, calibration_path, load_calibration
 from avit.data.images import load_batch, preprocess
 from avit.errors import ArtifactError, InputError
 from avit.metadata import ModelInfo

@@ -27,6 +27,7 @@ import numpy as np
 
 from avit import __version__
 from avit.data.images import decode_image
+from avit._io import json_float, parse_thresholds
 from avit.errors import InputError
 from avit.runtime.batching import BatchedResult, MicroBatcher
 from avit.runtime.session import AdaptiveSession
@@ -39,21 +40,7 @@ def parse_thresholds_param(text: str | None) -> list[float] | None:
     Raises:
         InputError: not a comma-separated list of numbers, or a NaN.
     """
-    if text is None or not text.strip():
-        return None
-    try:
-        values = [float(v) for v in text.replace(" ", "").split(",") if v != ""]
-    except ValueError:
-        raise InputError(f"thresholds={text!r} is not a comma-separated list of numbers (e.g. 0.2,0.4 or 0,inf)") from None
-    if any(math.isnan(v) for v in values):
-        raise InputError("pause thresholds must not be NaN")
-    return values
-
-
-def json_float(value: float) -> float | str:
-    """JSON has no infinity: ``inf`` → ``"inf"`` (as in avit's metadata), other floats unchanged."""
-    value = float(value)
-    return ("inf" if value > 0 else "-inf") if math.isinf(value) else value
+    return parse_thresholds(text, name="thresholds=")
 
 
 class Predictor:

@@ -1,4 +1,4 @@
-"""Image inputs of ``avit profile`` / ``avit calibrate``: a folder, files, or the installed photos."""
+"""Image inputs of the commands (profile, calibrate, quantize, export): a folder, files, or the installed photos."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ the files; :func:`validate` implements the subset it uses (``type``, ``const``, 
 ``exclusiveMinimum``, ``maximum``, ``required``, ``properties``, ``additionalProperties``,
 ``propertyNames.pattern``, ``items``, ``minItems``) with one-line messages naming the offending field,
 so avit needs no ``jsonschema`` dependency. Checks a schema cannot express (threshold counts equal to the
-model's pause points) are in :mod:`avit.calibration.presets`.
+model's pause points) are in :mod:`avit.metadata.calibration`.
 
 Versioning: ``format`` is always ``"avit-calibration"``; ``version`` is bumped on any incompatible change.
 A reader refuses files of a newer version with a message saying so.

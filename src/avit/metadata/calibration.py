@@ -16,7 +16,6 @@ backend and machine. Its ``presets`` are threshold settings with the latency mea
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -24,8 +23,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from avit._io import atomic_write
-from avit.calibration.schema import CALIBRATION_SCHEMA, FORMAT, VERSION, validate
+from avit._io import atomic_write, file_sha256
+from avit.metadata.calibration_schema import CALIBRATION_SCHEMA, FORMAT, VERSION, validate
 from avit.errors import ArtifactError
 from avit.metadata import ModelInfo
 
@@ -36,15 +35,6 @@ def calibration_path(model_path: str | os.PathLike) -> Path:
     """Where the calibration of ``model_path`` lives by default: ``model.onnx`` → ``model.calib.json``."""
     path = Path(model_path)
     return path.with_name(path.stem + SUFFIX)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)

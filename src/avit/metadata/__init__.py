@@ -39,6 +39,7 @@ import json
 import math
 from typing import Any
 
+from avit._io import json_float
 from avit.errors import ArtifactError
 
 FORMAT_VERSION = "1"
@@ -57,10 +58,10 @@ THRESHOLD_KINDS = {
 
 
 def _json(value: Any) -> str:
-    # JSON has no infinity: write +inf as the string "inf".
+    # JSON has no infinity: ±inf are written as the strings "inf" / "-inf" (avit._io.json_float).
     def fix(v):
-        if isinstance(v, float) and math.isinf(v):
-            return "inf" if v > 0 else "-inf"
+        if isinstance(v, float):
+            return json_float(v)
         if isinstance(v, (list, tuple)):
             return [fix(x) for x in v]
         if isinstance(v, dict):

