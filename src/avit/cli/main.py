@@ -17,6 +17,7 @@ from rich.markup import escape
 from avit import __version__
 from avit.cli import (  # noqa: F401  (each module registers its commands on the app, in this order)
     adapt_cmd,
+    finetune_cmd,
     export_cmd,
     run_cmd,
     demo_cmd,

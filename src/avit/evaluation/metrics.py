@@ -38,8 +38,31 @@ def mean_iou(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> float:
     return float(np.mean(ious)) if ious else 1.0
 
 
+def probabilities(logits: np.ndarray) -> np.ndarray:
+    """float ``[B, C, H, W]`` logits → probabilities: sigmoid (one channel) or softmax over C."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if logits.shape[1] == 1:
+        return 1.0 / (1.0 + np.exp(-logits))
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def probability_mae(pred_logits: np.ndarray, ref_logits: np.ndarray) -> float:
+    """Mean absolute difference of the predicted probability maps (the standard saliency MAE, in [0, 1]).
+
+    One channel: mean ``|σ(pred) − σ(ref)|`` over pixels; several: half the L1 distance of the per-pixel
+    class distributions (total variation), averaged over pixels.
+    """
+    diff = np.abs(probabilities(pred_logits) - probabilities(ref_logits))
+    return float(diff.mean() if pred_logits.shape[1] == 1 else diff.sum(axis=1).mean() / 2)
+
+
 def agreement(pred_logits: np.ndarray, ref_logits: np.ndarray) -> dict[str, float]:
-    """``{"pixel_agreement", "iou"}`` of predictions vs. the reference (both float ``[B, C, H, W]`` logits)."""
+    """``{"pixel_agreement", "iou", "mae"}`` of predictions vs. the reference (both float ``[B, C, H, W]`` logits).
+
+    ``mae``: :func:`probability_mae`.
+    """
     num_classes = max(ref_logits.shape[1], 2)
     p, r = labels(pred_logits), labels(ref_logits)
-    return {"pixel_agreement": pixel_agreement(p, r), "iou": mean_iou(p, r, num_classes)}
+    return {"pixel_agreement": pixel_agreement(p, r), "iou": mean_iou(p, r, num_classes),
+            "mae": probability_mae(pred_logits, ref_logits)}

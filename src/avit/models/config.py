@@ -25,6 +25,8 @@ POLICIES = ("entropy", "confidence", "keep_ratio", "dtop", "acm")
 #: Config fields that only some policies use, with the policy: left out of :meth:`AdaptiveViTConfig.to_dict`
 #: for other policies while at their default, so artifacts of the other policies stay as they were.
 POLICY_FIELDS = {"dtop_k": "dtop", "acm_learners": "acm", "acm_gate_hidden": "acm"}
+#: Fields :meth:`AdaptiveViTConfig.to_dict` leaves out while they hold their default (older readers never saw them).
+OPTIONAL_FIELDS = ("pause_adapter_rank",)
 #: How the slot of a paused token is filled before the decoder: ``predict`` — the token head also
 #: predicts the token's final-block feature; ``stale`` — the pause-point feature as is; ``canvas`` —
 #: DToP's canvas: the paused token's output is its own head's prediction.
@@ -67,6 +69,9 @@ class AdaptiveViTConfig:
         acm_learners: ``acm``: learners per MLP (equal slices of its hidden units; ``mlp_hidden`` must be
             a multiple).
         acm_gate_hidden: ``acm``: hidden width of each MLP's gate network.
+        pause_adapter_rank: Rank of the pause adapters (:class:`~avit.models.heads.PauseAdapter`) after every
+            block from the first pause point on; 0 = none. Gated by the image's paused fraction, they are
+            exactly zero when nothing pauses (trained by :mod:`avit.adapt.finetune`).
         class_names: Names of the token-head classes (``head_classes`` of them) or empty.
         mean, std: Per-channel normalisation of ``[0, 1]`` RGB input.
         name: Free-form model name.
@@ -94,6 +99,7 @@ class AdaptiveViTConfig:
     dtop_k: int = 5
     acm_learners: int = 4
     acm_gate_hidden: int = 64
+    pause_adapter_rank: int = 0
     class_names: tuple[str, ...] = ()
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -184,6 +190,10 @@ class AdaptiveViTConfig:
             raise ConfigError(f"decoder {self.decoder!r} is not one of {', '.join(DECODERS)}")
         if self.policy == "dtop" and self.fill != "canvas":
             raise ConfigError(f"policy 'dtop' needs fill 'canvas' (exited tokens' predictions are final), got {self.fill!r}")
+        if not isinstance(self.pause_adapter_rank, int) or self.pause_adapter_rank < 0:
+            raise ConfigError(f"pause_adapter_rank must be a non-negative integer, got {self.pause_adapter_rank!r}")
+        if self.pause_adapter_rank and (not pp or self.policy == "acm"):
+            raise ConfigError("pause adapters need pause points and a token-head policy (not acm)")
         if self.dtop_k < 0:
             raise ConfigError(f"dtop_k must be >= 0, got {self.dtop_k}")
         if self.acm_learners < 2 or self.acm_gate_hidden <= 0:
@@ -209,7 +219,8 @@ class AdaptiveViTConfig:
         return {
             k: (list(v) if isinstance(v, tuple) else v)
             for k, v in dataclasses.asdict(self).items()
-            if k not in POLICY_FIELDS or POLICY_FIELDS[k] == self.policy or v != defaults[k]
+            if (k not in POLICY_FIELDS or POLICY_FIELDS[k] == self.policy or v != defaults[k])
+            and (k not in OPTIONAL_FIELDS or v != defaults[k])
         }
 
     def to_json(self) -> str:

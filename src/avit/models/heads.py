@@ -42,6 +42,30 @@ class TokenHead(nn.Module):
         return self.fc(h), fill
 
 
+class PauseAdapter(nn.Module):
+    """Residual adapter gated by the image's paused fraction: ``x + g · up(GELU(down(LN(x))))``.
+
+    ``g = 1 − active / N`` per image (0 when nothing pauses), ``up`` zero-initialised, LN without affine:
+    with nothing paused the block's output is exactly the original's, so one fine-tuned model serves the
+    whole knob without changing its nothing-paused end (the issue-13 fine-tuning recipe, measured in
+    ``docs/finetune.md``).
+
+    Shapes: ``x`` float ``[B, n, D]``, ``g`` float ``[B]`` → float ``[B, n, D]``. Cost per token:
+    ``2 · D · rank`` MACs.
+    """
+
+    def __init__(self, dim: int, rank: int) -> None:
+        super().__init__()
+        self.down = nn.Linear(dim, rank)
+        self.up = nn.Linear(rank, dim)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        h = F.layer_norm(x, x.shape[-1:])
+        return x + g[:, None, None] * self.up(F.gelu(self.down(h)))
+
+
 def head_to_output_logits(head_logits: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Map token-head logits ``[..., head_classes]`` into the decoder's logit space ``[..., num_classes]``.
 

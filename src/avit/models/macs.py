@@ -4,7 +4,8 @@ Counts matrix multiplies and convolutions (the work that token removal saves); e
 softmax and normalisation are ignored. Units: MACs (divide by 1e9 for GMAC).
 
 Per block with ``n`` tokens (prefix included), width D, MLP hidden F:
-``qkv 3nD² + attention 2n²D + proj nD² + mlp 2nDF``.
+``qkv 3nD² + attention 2n²D + proj nD² + mlp 2nDF``, plus ``2nDr`` for a pause adapter of rank r
+(blocks from the first pause point on).
 
 Policy ``acm`` removes no token; its ``tokens_kept`` are learner evaluations (token × learner) per pause
 point's segment of blocks, each costing ``2·D·F/L``, plus the gate ``D·G + G·(L-1)`` per token and block.
@@ -55,14 +56,15 @@ def model_macs(config: AdaptiveViTConfig, tokens_kept: Sequence[int] = ()) -> di
     if len(kept) != len(config.pause_points) or any(not (0 <= k <= n_patch) for k in kept):
         raise ValueError(f"tokens_kept {kept} must hold {len(config.pause_points)} counts within [0, {n_patch}]")
     d, f, prefix = config.embed_dim, config.mlp_hidden, config.num_prefix_tokens
+    adapter = 2 * d * config.pause_adapter_rank  # per token and block from the first pause point on
     active = n_patch
     blocks = heads = 0
     start = 0
-    for stop, k in zip(config.pause_points, kept):
-        blocks += (stop - start) * block_macs(prefix + active, d, f)
+    for p, (stop, k) in enumerate(zip(config.pause_points, kept)):
+        blocks += (stop - start) * (block_macs(prefix + active, d, f) + (adapter * (prefix + active) if p else 0))
         heads += active * d * (config.head_classes + (d if config.fill == "predict" else 0))
         active, start = k, stop
-    blocks += (config.depth - start) * block_macs(prefix + active, d, f)
+    blocks += (config.depth - start) * (block_macs(prefix + active, d, f) + adapter * (prefix + active))
     patch_embed = n_patch * d * config.in_chans * config.patch_size**2
     dec = decoder_macs(config)
     return {

@@ -40,7 +40,7 @@ import avit.ops  # noqa: F401  (registers torch.ops.avit.*)
 from avit.errors import ConfigError, InputError
 from avit.models.acm import AcmMlp
 from avit.models.config import AdaptiveViTConfig
-from avit.models.heads import LinearDecoder, TokenHead, UpConvDecoder, head_to_output_logits
+from avit.models.heads import LinearDecoder, PauseAdapter, TokenHead, UpConvDecoder, head_to_output_logits
 from avit.models.layers import ATTENTION_IMPLS, Block, PatchEmbed
 
 
@@ -94,6 +94,10 @@ class AdaptiveViT(nn.Module):
             TokenHead(d, c.head_classes, predict_feature=c.fill == "predict", norm_eps=c.norm_eps)
             for _ in (c.pause_points if c.has_token_heads else ())
         )
+        # Pause adapters (zero at nothing paused) after every block from the first pause point on.
+        self.pause_adapters = nn.ModuleList(
+            PauseAdapter(d, c.pause_adapter_rank) for _ in range(c.depth - c.pause_points[0] if c.pause_adapter_rank else 0)
+        )
         if c.decoder == "upconv":
             self.decoder = UpConvDecoder(d, c.decoder_channels, c.num_classes, c.img_size)
         else:
@@ -110,7 +114,8 @@ class AdaptiveViT(nn.Module):
             if p is not None:
                 nn.init.normal_(p, std=1e-6)
         for name, module in self.named_modules():
-            if isinstance(module, nn.Linear) and not name.endswith(".feature") and ".gate." not in name:
+            if isinstance(module, nn.Linear) and not name.endswith(".feature") and ".gate." not in name \
+                    and not name.startswith("pause_adapters."):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
@@ -212,8 +217,8 @@ class AdaptiveViT(nn.Module):
         kept: list[torch.Tensor] = []
         start = 0
         for p, stop in enumerate(c.pause_points):
-            for block in self.blocks[start:stop]:
-                x = block(x, key_mask)
+            for i in range(start, stop):
+                x = self._block(i, x, key_mask, counts)
             start = stop
             prefix, tokens = x[:, :n_prefix], x[:, n_prefix:]
             head_logits, fill = self.pause_heads[p](tokens)
@@ -233,8 +238,8 @@ class AdaptiveViT(nn.Module):
             real = torch.arange(tokens.shape[1], device=x.device)[None, :] < counts[:, None]
             key_mask = torch.cat([real.new_ones(b, n_prefix), real], dim=1)
             kept.append(counts)
-        for block in self.blocks[start:]:
-            x = block(x, key_mask)
+        for i in range(start, c.depth):
+            x = self._block(i, x, key_mask, counts)
         tokens = x[:, n_prefix:]
         if pos is None:
             return self._decode(tokens), torch.zeros(b, 0, dtype=torch.int64, device=x.device)
@@ -243,6 +248,13 @@ class AdaptiveViT(nn.Module):
         if canvas is not None:
             logits = self._blend_canvas(logits, canvas, pos, counts)
         return logits, torch.stack(kept, dim=1)
+
+    def _block(self, i: int, x: torch.Tensor, key_mask: torch.Tensor | None, counts: torch.Tensor | None) -> torch.Tensor:
+        """Block ``i`` on ``x`` [B, n, D], then its pause adapter (if any) gated by the paused fraction."""
+        x = self.blocks[i](x, key_mask)
+        if len(self.pause_adapters) and counts is not None and i >= self.config.pause_points[0]:
+            x = self.pause_adapters[i - self.config.pause_points[0]](x, 1.0 - counts.to(x.dtype) / self.config.num_patches)
+        return x
 
     def _forward_acm(self, x: torch.Tensor, thresholds: torch.Tensor, first_block: int = 0):
         """Policy ``acm``: dense blocks up to the first pause point, then ACM blocks; segment ``p`` (blocks
@@ -299,8 +311,9 @@ class AdaptiveViT(nn.Module):
 
     def static_copy(self) -> AdaptiveViT:
         """The same weights with no pause points: the static reference model (heads dropped)."""
-        static = AdaptiveViT(self.config.replace(pause_points=(), default_thresholds=()))
-        state = {k: v for k, v in self.state_dict().items() if not k.startswith("pause_heads.") and ".mlp.gate." not in k}
+        static = AdaptiveViT(self.config.replace(pause_points=(), default_thresholds=(), pause_adapter_rank=0))
+        state = {k: v for k, v in self.state_dict().items()
+                 if not k.startswith(("pause_heads.", "pause_adapters.")) and ".mlp.gate." not in k}
         static.load_state_dict(state)
         return static.eval()
 

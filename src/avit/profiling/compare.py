@@ -31,6 +31,7 @@ class CompareRow:
         ideal_speedup: ``static MACs / adaptive MACs`` (mean over images).
         gmac: Mean adaptive GMAC per image.
         pixel_agreement, iou: Agreement with the static model's labels.
+        mae: Mean absolute difference of the probability maps from the static model's.
     """
 
     label: str
@@ -43,6 +44,7 @@ class CompareRow:
     gmac: float
     pixel_agreement: float
     iou: float
+    mae: float = float("nan")
 
     @property
     def efficiency(self) -> float:
@@ -54,7 +56,7 @@ def compare_settings(
     adaptive: AdaptiveSession,
     static: AdaptiveSession,
     images: np.ndarray,
-    settings: Sequence[tuple[str, Sequence[float]]],
+    settings: Sequence[tuple],
     *,
     rounds: int = 7,
     warmup: int = 1,
@@ -67,7 +69,9 @@ def compare_settings(
     Args:
         adaptive, static: Sessions over the adaptive and the static export of the same weights.
         images: float32 ``[n, C, H, W]`` preprocessed images (``n`` divisible by ``batch``).
-        settings: ``(label, thresholds)`` pairs.
+        settings: ``(label, thresholds)`` pairs, or ``(label, thresholds, session)`` triples to measure
+            another adaptive model (e.g. a fine-tuned one) in the same interleaved run; agreement and
+            speedup are always against ``static``.
         rounds: Timed rounds (median over them).
         warmup: Untimed rounds first.
         batch: Images per call.
@@ -83,9 +87,10 @@ def compare_settings(
         raise ValueError(f"{n} images do not split into batches of {batch}")
     chunks = [images[i : i + batch] for i in range(0, n, batch)]
     static_logits = np.concatenate([static.run(c).logits for c in chunks])
+    entries = [(s[0], s[1], s[2] if len(s) > 2 else adaptive) for s in settings]
     outputs = []
-    for _, t in settings:
-        results = [adaptive.run(c, t) for c in chunks]
+    for _, t, session in entries:
+        results = [session.run(c, t) for c in chunks]
         outputs.append(
             (np.concatenate([r.logits for r in results]), np.concatenate([r.tokens_kept for r in results]))
         )
@@ -94,8 +99,8 @@ def compare_settings(
         row = np.zeros(len(settings) + 1)
         for c in chunks:
             row[0] += static.run(c).latency_ms
-            for s, (_, t) in enumerate(settings):
-                row[s + 1] += adaptive.run(c, t).latency_ms
+            for s, (_, t, session) in enumerate(entries):
+                row[s + 1] += session.run(c, t).latency_ms
         if r >= warmup:
             times[r - warmup] = row
         if progress:
@@ -103,7 +108,7 @@ def compare_settings(
     static_ms = float(np.median(times[:, 0])) / n
     static_macs = macs([]) if macs else float("nan")
     rows = []
-    for s, (label, t) in enumerate(settings):
+    for s, (label, t, _) in enumerate(entries):
         logits, kept = outputs[s]
         agree = agreement(logits, static_logits)
         if macs:

@@ -1,0 +1,59 @@
+"""``avit finetune``: pause-aware fine-tuning of any avit checkpoint (token removal in the loop)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from avit.cli._app import app, cli_errors, console, fmt_values
+
+
+@app.command()
+@cli_errors
+def finetune(
+    checkpoint: Annotated[Path, typer.Argument(help="avit checkpoint to fine-tune (adapted or imported).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Fine-tuned checkpoint to write (.ckpt).")],
+    minutes: Annotated[Optional[float], typer.Option(help="Training time budget in minutes (caching excluded).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimiser steps (default: the library's; with --minutes: until the budget is spent).")] = None,
+    views: Annotated[Optional[int], typer.Option(help="Augmented training views cached.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate of the blocks after the first pause point.")] = None,
+    reference: Annotated[Optional[Path], typer.Option(help="Original checkpoint to distil to (needed when the input is already fine-tuned).")] = None,
+    device: Annotated[str, typer.Option(help="auto (cuda when torch sees one) | cpu | cuda | cuda:N")] = "auto",
+    target: Annotated[float, typer.Option(help="Agreement the default thresholds must keep on every training fold.")] = 0.995,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Fine-tune the blocks after the first pause point with real token removal, distilling to the original; choose new defaults."""
+    from avit.adapt.finetune import FinetuneSettings, finetune_checkpoint
+
+    settings = FinetuneSettings(seed=seed)
+    if minutes is not None:
+        settings.minutes = minutes
+        settings.steps = steps or 0
+    elif steps is not None:
+        settings.steps = steps
+    if views is not None:
+        settings.views = views
+    if lr is not None:
+        settings.lr = lr
+    report = finetune_checkpoint(
+        checkpoint, output, settings, reference=reference, device=device, target_agreement=target, progress=True
+    )
+    t = report.training
+    table = Table(title="default thresholds on the training photos (agreement with the original)")
+    for col in ("thresholds", "tokens kept", "mean agreement", "worst fold"):
+        table.add_column(col, justify="right")
+    for row in report.threshold_rows:
+        kept = [sum(k[p] for k in row["tokens_kept"]) / len(row["tokens_kept"]) for p in range(len(row["thresholds"]))]
+        mean = sum(row["pixel_agreement"]) / len(row["pixel_agreement"])
+        table.add_row(fmt_values(row["thresholds"]), ", ".join(f"{k:.0f}" for k in kept), f"{100 * mean:.2f} %",
+                      f"{100 * row['worst_fold']:.2f} %")
+    console.print(table)
+    console.print(
+        f"wrote {escape(str(report.checkpoint))}: {t.steps} steps on {t.views} views of {len(t.images)} photos "
+        f"({t.device}, {t.seconds:.0f} s + {t.cache_seconds:.0f} s caching), loss {t.loss_first:.4f} → {t.loss_last:.4f}; "
+        f"default thresholds {fmt_values(report.default_thresholds)} (expected agreement {100 * report.expected_agreement:.2f} %)"
+    )

@@ -1,0 +1,186 @@
+"""Pause-aware fine-tuning (avit.adapt.finetune): real token removal in the loop on tiny models."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from avit.adapt.finetune import (
+    FinetuneSettings,
+    build_finetune_cache,
+    distillation_loss,
+    finetune,
+    finetune_checkpoint,
+    forward_from_first_pause,
+    knob_candidates,
+    threshold_for_keep,
+)
+from avit.errors import CheckpointError, InputError
+from avit.models import load_checkpoint, save_checkpoint
+from conftest import tiny_model
+
+SALIENCY = dict(num_classes=1, fill="predict", pause_points=(1, 3), policy="entropy")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> list:
+    """Four seeded synthetic 'photos' (a bright blob on a textured background), written as PNG."""
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(4):
+        img = rng.integers(0, 90, (80, 120, 3)).astype(np.uint8)
+        y, x = rng.integers(10, 40), rng.integers(10, 70)
+        img[y : y + 30, x : x + 40] = rng.integers(150, 255, 3)
+        paths.append(root / f"p{i}.png")
+        Image.fromarray(img).save(paths[-1])
+    return paths
+
+
+def _fixed_loss(model, reference, cache, keep: float) -> float:
+    """Distillation loss over every cached view at the threshold that keeps ``keep`` of the tokens."""
+    c = model.config
+    total = 0.0
+    with torch.no_grad():
+        for v in range(cache.num_views):
+            x = cache.start_tokens[v : v + 1].float()
+            value = threshold_for_keep(model, model.pause_heads[0](x[:, c.num_prefix_tokens :])[0], keep)
+            out = forward_from_first_pause(model, x, torch.full((len(c.pause_points),), value))
+            loss, _ = distillation_loss(
+                model, out, cache.logits[v : v + 1], cache.final_norm[v : v + 1], cache.targets[v : v + 1], FinetuneSettings()
+            )
+            total += float(loss)
+    return total / cache.num_views
+
+
+def test_partial_forward_equals_model_forward():
+    model = tiny_model(**SALIENCY)
+    images = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(3))
+    thresholds = torch.tensor([0.6, 0.65])
+    with torch.no_grad():
+        logits, kept = model(images, thresholds)
+        x = model._embed(images)
+        for block in model.blocks[: model.config.pause_points[0]]:
+            x = block(x)
+        out = forward_from_first_pause(model, x, thresholds)
+    assert torch.equal(out.tokens_kept, kept)
+    assert 0 < int(kept[:, 0].min()) < model.config.num_patches  # tokens really paused
+    assert torch.allclose(out.logits, logits, atol=1e-5)
+
+
+def test_threshold_for_keep_keeps_that_fraction():
+    model = tiny_model(**SALIENCY)
+    head_logits = torch.randn(1, 24, 2, generator=torch.Generator().manual_seed(0)) * 3
+    for keep in (0.25, 0.5, 0.75):
+        value = threshold_for_keep(model, head_logits, keep)
+        counts = torch.tensor([24])
+        _, kept = torch.ops.avit.entropy_select(head_logits, counts, torch.tensor(value), 0)
+        assert abs(int(kept[0]) - round(24 * keep)) <= 1
+    assert threshold_for_keep(model, head_logits, 1.0) == model.config.nothing_paused_value
+
+
+def test_finetune_lowers_distillation_loss_and_keeps_export_parity(photos, tmp_path):
+    from avit.exporter import export_onnx
+
+    model = tiny_model(**SALIENCY)
+    reference = copy.deepcopy(model)
+    settings = FinetuneSettings(steps=60, views=8, lr=2e-3, head_lr=2e-3, ramp=0.0, min_keep=0.3, seed=1)
+    cache = build_finetune_cache(reference, photos, 8, first_pause=1, seed=5)  # views the training never sees
+    before = _fixed_loss(model, reference, cache, keep=0.5)
+    frozen_before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = finetune(model, photos, settings, reference=reference)
+    after = _fixed_loss(model, reference, cache, keep=0.5)
+    assert report.steps == 60 and report.trainable_parameters > 0
+    assert after < 0.8 * before, (before, after)
+    state = model.state_dict()
+    # frozen: blocks before the first pause point, LayerScale, norms, the decoder; trained: later Linear layers
+    for key in ("blocks.0.attn.qkv.weight", "blocks.2.ls1.gamma", "blocks.2.norm1.weight", "norm.weight",
+                "decoder.head.weight", "pause_heads.0.fc.weight", "patch_embed.proj.weight"):
+        assert torch.equal(state[key], frozen_before[key]), key
+    for key in ("blocks.1.attn.qkv.weight", "blocks.3.mlp.fc2.weight", "pause_heads.0.feature.weight",
+                "pause_heads.1.fc.weight"):
+        assert not torch.equal(state[key], frozen_before[key]), key
+    assert not model.training and all(not p.requires_grad for p in model.parameters())
+    report = export_onnx(model, tmp_path / "ft.onnx")
+    assert report.parity and all(r.ok for r in report.parity)
+    assert max(r.max_abs_diff for r in report.parity) < 1e-4
+
+
+def test_finetune_checkpoint_writes_defaults_and_metadata(photos, tmp_path):
+    src = save_checkpoint(tiny_model(**SALIENCY), tmp_path / "in.ckpt", origin="test")
+    settings = FinetuneSettings(steps=8, views=4, lr=1e-3, seed=0)
+    report = finetune_checkpoint(src, tmp_path / "out.ckpt", settings, photos=photos, target_agreement=0.9, progress=False)
+    model, meta = load_checkpoint(tmp_path / "out.ckpt")
+    assert meta["origin"] == "test" and meta["finetune"]["steps"] == 8
+    assert tuple(model.config.default_thresholds) == report.default_thresholds
+    assert meta["expected_agreement"] == pytest.approx(report.expected_agreement)
+    assert meta["expected_agreement"] >= 0.9 or report.default_thresholds == (0.0, 0.0)
+    # the chosen setting lies inside the knob's range (binary entropy ≤ ln 2)
+    assert all(0.0 <= t <= np.log(2) for t in report.default_thresholds)
+    # fine-tuning a fine-tuned checkpoint again needs the original as the reference
+    with pytest.raises(InputError, match="fine-tuned blocks"):
+        finetune_checkpoint(tmp_path / "out.ckpt", tmp_path / "again.ckpt", settings, photos=photos, progress=False)
+    with pytest.raises(CheckpointError):
+        finetune_checkpoint(tmp_path / "missing.ckpt", tmp_path / "x.ckpt", settings, photos=photos, progress=False)
+    with pytest.raises(InputError, match="directory"):
+        finetune_checkpoint(src, tmp_path, settings, photos=photos, progress=False)
+
+
+def test_knob_candidates_lie_inside_the_range():
+    model = tiny_model(**SALIENCY)
+    images = torch.randn(3, 3, 64, 96, generator=torch.Generator().manual_seed(2))
+    grid = knob_candidates(model, images)
+    values = [g[0] for g in grid]
+    assert values == sorted(values) and len(set(values)) == len(values)
+    assert all(0.0 <= v <= np.log(2) for v in values)
+
+
+@pytest.mark.parametrize(
+    "bad, pattern",
+    [(dict(steps=-1), "steps"), (dict(lr=0.0), "lr"), (dict(views=0), "views"), (dict(min_keep=2.0), "min_keep"),
+     (dict(steps=0), "minutes")],
+)
+def test_settings_validation(bad, pattern):
+    with pytest.raises(InputError, match=pattern):
+        FinetuneSettings(**bad).validate()
+
+
+def test_finetune_refuses_models_without_token_heads(photos):
+    with pytest.raises(InputError, match="pause points"):
+        finetune(tiny_model(pause_points=()), photos, FinetuneSettings(steps=1, views=1))
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def _avit(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "avit.cli", *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def _one_line_error(proc, pattern: str) -> None:
+    assert proc.returncode != 0, (proc.stdout, proc.stderr)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and pattern in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_cli_finetune_bad_input_is_one_line(tmp_path):
+    ckpt = save_checkpoint(tiny_model(**SALIENCY), tmp_path / "tiny.ckpt")
+    _one_line_error(_avit("finetune", tmp_path / "missing.ckpt", "-o", tmp_path / "o.ckpt"), "not found")
+    _one_line_error(_avit("finetune", ckpt, "-o", tmp_path), "directory")
+    _one_line_error(_avit("finetune", ckpt, "-o", tmp_path / "o.ckpt", "--lr", "-1"), "lr")
+    _one_line_error(_avit("finetune", ckpt, "-o", tmp_path / "o.ckpt", "--device", "tpu"), "device")
+    static = save_checkpoint(tiny_model(pause_points=()), tmp_path / "static.ckpt")
+    _one_line_error(_avit("finetune", static, "-o", tmp_path / "o.ckpt"), "pause points")
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    _one_line_error(_avit("finetune", tmp_path / "junk.ckpt", "-o", tmp_path / "o.ckpt"), "junk.ckpt")
+    assert not (tmp_path / "o.ckpt").exists()
+
+
+def test_cli_adapt_rejects_contradicting_finetune_options(tmp_path):
+    _one_line_error(_avit("adapt", "-o", tmp_path / "m.ckpt", "--no-finetune", "--finetune-minutes", "3"), "contradict")
