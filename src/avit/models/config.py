@@ -70,7 +70,7 @@ class AdaptiveViTConfig:
             a multiple).
         acm_gate_hidden: ``acm``: hidden width of each MLP's gate network.
         pause_adapter_rank: Rank of the pause adapters (:class:`~avit.models.heads.PauseAdapter`) after every
-            block from the first pause point on; 0 = none. Gated by the image's paused fraction, they are
+            block from the first pause point on; 0 = none (ignored without pause points). Gated by the image's paused fraction, they are
             exactly zero when nothing pauses (trained by :mod:`avit.adapt.finetune`).
         class_names: Names of the token-head classes (``head_classes`` of them) or empty.
         mean, std: Per-channel normalisation of ``[0, 1]`` RGB input.
@@ -192,8 +192,8 @@ class AdaptiveViTConfig:
             raise ConfigError(f"policy 'dtop' needs fill 'canvas' (exited tokens' predictions are final), got {self.fill!r}")
         if not isinstance(self.pause_adapter_rank, int) or self.pause_adapter_rank < 0:
             raise ConfigError(f"pause_adapter_rank must be a non-negative integer, got {self.pause_adapter_rank!r}")
-        if self.pause_adapter_rank and (not pp or self.policy == "acm"):
-            raise ConfigError("pause adapters need pause points and a token-head policy (not acm)")
+        if self.pause_adapter_rank and self.policy == "acm":
+            raise ConfigError("pause adapters need a token-head policy (not acm)")
         if self.dtop_k < 0:
             raise ConfigError(f"dtop_k must be >= 0, got {self.dtop_k}")
         if self.acm_learners < 2 or self.acm_gate_hidden <= 0:

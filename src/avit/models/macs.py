@@ -56,7 +56,7 @@ def model_macs(config: AdaptiveViTConfig, tokens_kept: Sequence[int] = ()) -> di
     if len(kept) != len(config.pause_points) or any(not (0 <= k <= n_patch) for k in kept):
         raise ValueError(f"tokens_kept {kept} must hold {len(config.pause_points)} counts within [0, {n_patch}]")
     d, f, prefix = config.embed_dim, config.mlp_hidden, config.num_prefix_tokens
-    adapter = 2 * d * config.pause_adapter_rank  # per token and block from the first pause point on
+    adapter = 2 * d * config.pause_adapter_rank if config.pause_points else 0  # per token and block after the first pause point
     active = n_patch
     blocks = heads = 0
     start = 0

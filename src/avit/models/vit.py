@@ -96,7 +96,8 @@ class AdaptiveViT(nn.Module):
         )
         # Pause adapters (zero at nothing paused) after every block from the first pause point on.
         self.pause_adapters = nn.ModuleList(
-            PauseAdapter(d, c.pause_adapter_rank) for _ in range(c.depth - c.pause_points[0] if c.pause_adapter_rank else 0)
+            PauseAdapter(d, c.pause_adapter_rank)
+            for _ in range(c.depth - c.pause_points[0] if c.pause_adapter_rank and c.pause_points else 0)
         )
         if c.decoder == "upconv":
             self.decoder = UpConvDecoder(d, c.decoder_channels, c.num_classes, c.img_size)

@@ -21,13 +21,14 @@ def compare_table(rows: Sequence[CompareRow], title: str, *, compact: bool = Fal
     MAC-ideal, pixel agreement, MAE) with short headers, for narrow terminals and piped output.
     """
     if compact:
-        table = Table(title=title, padding=(0, 1), pad_edge=False, box=None, title_justify="left")
+        table = Table(title=title, padding=(0, 1, 0, 0), pad_edge=False, box=None, title_justify="left")
         for col, justify in (("setting", "left"), ("thresholds", "right"), ("tokens", "right"), ("ms", "right"),
                              ("speedup", "right"), ("ideal", "right"), ("agree %", "right"), ("MAE", "right")):
             table.add_column(col, justify=justify, no_wrap=True)
         for r in rows:
             table.add_row(
-                r.label, _values(r.thresholds), ",".join(f"{k:.0f}" for k in r.tokens_kept), f"{r.latency_ms:.0f}",
+                r.label, _values(r.thresholds[:1] if len(set(r.thresholds)) == 1 else r.thresholds),
+                ",".join(f"{k:.0f}" for k in r.tokens_kept), f"{r.latency_ms:.0f}",
                 f"{r.speedup:.2f}×", f"{r.ideal_speedup:.2f}×", f"{100 * r.pixel_agreement:.2f}", f"{r.mae:.4f}",
             )
         return table
