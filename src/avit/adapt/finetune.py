@@ -19,11 +19,15 @@ CPU budget:
   at temperature ``T`` (× T²) + ``feature_weight`` × MSE of the normalised final-token grid (filled slots
   included) + ``head_weight`` × soft cross-entropy of the later pause points' token heads (their inputs
   change as the blocks train);
-* **trainable**: the Linear layers (weights and biases) of the blocks after the first pause point, the
-  token heads' feature predictors and the later heads' classifiers. LayerScale gammas and LayerNorms stay
-  frozen (Adam's scale-free steps move a gamma of 1e-2 by 1e-2 × lr-relative amounts: measured to wreck the
-  model), the decoder stays frozen in eval mode (its BatchNorm must keep the original running
-  statistics), and so does the first head's classifier (its input is frozen; it was fitted exactly).
+* **trainable** (the measured default): **pause adapters** — after every block from the first pause point a
+  rank-4 residual adapter gated by the image's paused fraction (:class:`~avit.models.heads.PauseAdapter`,
+  zero-initialised, exactly zero with nothing paused, so the nothing-paused output stays the original's
+  and one model serves the whole knob). Optional: the later blocks' Linear layers (``train_blocks``;
+  measured to move the nothing-paused output on unseen photos), the heads' feature predictors and later
+  classifiers (``train_heads``; measured to over-fit their closed-form fit on few photos), the decoder's
+  convolutions. LayerScale gammas and LayerNorms never train (Adam's scale-free steps wreck small gammas),
+  the decoder stays in eval mode (its BatchNorm keeps the original running statistics), and so does the
+  first head's classifier (its input is frozen; it was fitted exactly).
 
 Everything is seeded; the device is ``cuda`` when torch sees one, else the CPU.
 """
@@ -71,32 +75,38 @@ class FinetuneSettings:
         ramp: Fraction of the steps over which the lowest keep fraction ramps from 1 to ``min_keep``.
         min_keep: Lowest keep fraction at the first pause point.
         train_decoder: Also train the decoder's convolutions (BatchNorm statistics stay frozen).
-        train_blocks: Train the blocks after the first pause point (False: token heads only, so the
-            nothing-paused output stays exactly the original's).
+        train_blocks: Train the Linear layers of the blocks after the first pause point (measured: moves
+            the nothing-paused output on unseen photos; off by default).
+        train_heads: Train the heads' feature predictors and the later heads' classifiers (measured:
+            over-fits the closed-form fit of :mod:`avit.adapt.distill` on few photos; off by default).
         optimizer: ``adamw`` or ``sgd`` (with ``momentum``) for the blocks; heads always use AdamW.
         momentum: SGD momentum.
         clip: Largest gradient norm of the blocks' parameters per step (bounds every update).
+        adapter_rank: Rank of the pause adapters (:class:`~avit.models.heads.PauseAdapter`) added after
+            every block from the first pause point (0 = none); they are zero with nothing paused.
+        adapter_lr: AdamW learning rate of the pause adapters.
         seed: Seeds augmentation, sampling and initialisation.
     """
 
     steps: int = 300
     minutes: float | None = None
-    views: int = 96
+    views: int = 64
     batch: int = 1
     lr: float = 1e-5
     head_lr: float = 1e-4
     temperature: float = 1.0
-    feature_weight: float = 1.0
+    feature_weight: float = 0.1
     head_weight: float = 0.1
     ramp: float = 0.3
     min_keep: float = MIN_KEEP
     train_decoder: bool = False
-    train_blocks: bool = True
+    train_blocks: bool = False
+    train_heads: bool = False
     optimizer: str = "adamw"
     momentum: float = 0.9
     clip: float = 1.0
-    adapter_rank: int = 0
-    adapter_lr: float = 1e-3
+    adapter_rank: int = 4
+    adapter_lr: float = 3e-4
     seed: int = 0
 
     def validate(self) -> None:
@@ -111,7 +121,11 @@ class FinetuneSettings:
             raise InputError(f"views must be a positive integer, got {self.views!r}")
         if not isinstance(self.batch, int) or self.batch < 1:
             raise InputError(f"batch must be a positive integer, got {self.batch!r}")
-        for name in ("lr", "head_lr", "temperature"):
+        if not isinstance(self.adapter_rank, int) or self.adapter_rank < 0:
+            raise InputError(f"adapter_rank must be a non-negative integer, got {self.adapter_rank!r}")
+        if not (self.train_blocks or self.train_heads or self.train_decoder or self.adapter_rank):
+            raise InputError("nothing to train: enable blocks, heads, decoder or pause adapters")
+        for name in ("lr", "head_lr", "temperature", "adapter_lr"):
             if not (getattr(self, name) > 0):
                 raise InputError(f"{name} must be positive, got {getattr(self, name)!r}")
         for name in ("feature_weight", "head_weight"):
@@ -458,7 +472,7 @@ def trainable_parameters(model: AdaptiveViT, settings: FinetuneSettings) -> tupl
             if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
                 blocks.extend([module.weight] + ([module.bias] if module.bias is not None else []))
     heads: list[torch.nn.Parameter] = []
-    for p, head in enumerate(model.pause_heads):
+    for p, head in enumerate(model.pause_heads if settings.train_heads else ()):
         if head.feature is not None:
             heads.extend(head.feature.parameters())
         if p > 0:

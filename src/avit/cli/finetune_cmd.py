@@ -20,13 +20,16 @@ def finetune(
     minutes: Annotated[Optional[float], typer.Option(help="Training time budget in minutes (caching excluded).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Optimiser steps (default: the library's; with --minutes: until the budget is spent).")] = None,
     views: Annotated[Optional[int], typer.Option(help="Augmented training views cached.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate of the blocks after the first pause point.")] = None,
-    reference: Annotated[Optional[Path], typer.Option(help="Original checkpoint to distil to (needed when the input is already fine-tuned).")] = None,
+    adapter_rank: Annotated[Optional[int], typer.Option(help="Rank of the pause adapters (0 = none).")] = None,
+    adapter_lr: Annotated[Optional[float], typer.Option(help="Learning rate of the pause adapters.")] = None,
+    train_blocks: Annotated[bool, typer.Option("--train-blocks", help="Also train the blocks' Linear layers (moves the nothing-paused output).")] = False,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate of the blocks (with --train-blocks).")] = None,
+    reference: Annotated[Optional[Path], typer.Option(help="Original checkpoint to distil to (needed when the input's blocks were fine-tuned).")] = None,
     device: Annotated[str, typer.Option(help="auto (cuda when torch sees one) | cpu | cuda | cuda:N")] = "auto",
     target: Annotated[float, typer.Option(help="Agreement the default thresholds must keep on every training fold.")] = 0.995,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
-    """Fine-tune the blocks after the first pause point with real token removal, distilling to the original; choose new defaults."""
+    """Pause-aware fine-tuning with real token removal in the loop, distilling to the original; new default thresholds."""
     from avit.adapt.finetune import FinetuneSettings, finetune_checkpoint
 
     settings = FinetuneSettings(seed=seed)
@@ -39,6 +42,11 @@ def finetune(
         settings.views = views
     if lr is not None:
         settings.lr = lr
+    if adapter_rank is not None:
+        settings.adapter_rank = adapter_rank
+    if adapter_lr is not None:
+        settings.adapter_lr = adapter_lr
+    settings.train_blocks = train_blocks
     report = finetune_checkpoint(
         checkpoint, output, settings, reference=reference, device=device, target_agreement=target, progress=True
     )
