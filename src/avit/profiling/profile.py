@@ -137,6 +137,7 @@ def profile(
     static: str | os.PathLike | None = None,
     batches: Sequence[int] = (1,),
     settings: Sequence[tuple[str, Sequence[float]]] | None = None,
+    presets: Sequence[str] = (),
     iters: int | None = 10,
     duration: float | None = None,
     warmup: int = 1,
@@ -154,7 +155,8 @@ def profile(
         images: Image files (token counts depend on content: use real images).
         static: Static export of the same weights for the reference row; None = nothing-paused thresholds.
         batches: Batch sizes.
-        settings: ``(label, thresholds)``; None = :func:`default_settings`.
+        settings: ``(label, thresholds)``; None (and no ``presets``) = :func:`default_settings`.
+        presets: Names of calibration presets to profile after ``settings`` (labelled "preset NAME").
         iters: Timed rounds per batch size (None: until ``duration``).
         duration: Seconds per batch size for the timed rounds (None: ``iters`` rounds).
         warmup: Untimed rounds first.
@@ -192,7 +194,8 @@ def profile(
     cfg = AdaptiveViTConfig.from_dict(info.config)
     static_cfg = AdaptiveViTConfig.from_dict(ref_session.info.config) if ref_session else None
     nothing = [info.nothing_paused] * info.num_pause_points
-    chosen = [(label, [float(str(v)) for v in session.thresholds(t)]) for label, t in (settings or default_settings(session))]
+    named = list(settings or []) + [(f"preset {name}", list(session.preset(name).thresholds)) for name in presets]
+    chosen = [(label, [float(str(v)) for v in session.thresholds(t)]) for label, t in (named or default_settings(session))]
 
     # (label, session, thresholds, is_reference)
     entries: list[tuple[str, AdaptiveSession, list[float] | None, bool]] = []
