@@ -3,6 +3,7 @@ thread safety, pause decisions, the CLI, and the one-line errors (issue 14)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,7 @@ from avit.runtime.openvino_backend import bf16_supported, ir_path  # noqa: E402
 
 BF16 = bf16_supported(ov.Core())
 needs_bf16 = pytest.mark.skipif(not BF16, reason="this CPU has no native bf16 (AVX512-BF16 / AMX)")
-AVIT = [sys.executable, "-m", "avit.cli.main"]
+AVIT = [sys.executable, "-m", "avit.cli"]
 
 
 def batch(n=2, seed=0):
@@ -127,7 +128,7 @@ def test_errors(exported, tmp_path, monkeypatch):
         AdaptiveSession(xml, inference_precision="fp8")
     with pytest.raises(InputError, match="backend 'mxnet' is not one of"):
         AdaptiveSession(onnx_path, backend="mxnet")
-    with pytest.raises(InputError, match="inference_precision applies to the openvino backend"):
+    with pytest.raises(InputError, match="inference precision bf16 applies to the openvino backend"):
         AdaptiveSession(onnx_path, inference_precision="bf16")
     lonely = tmp_path / "lonely.openvino.xml"
     lonely.write_text(xml.read_text())
@@ -153,3 +154,79 @@ def test_runtime_stays_torch_free(exported):
         "assert 'torch' not in sys.modules, 'runtime imported torch'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_calibration_presets_and_budget_on_openvino(exported, tmp_path):
+    """avit calibrate on the OpenVINO backend writes <model>.openvino.calib.json; the session loads its
+    presets and latency budgets pick among them."""
+    from avit.calibration.calibrate import calibrate
+    from tiny_onnx import photo_dir
+
+    _, _, xml, _ = exported
+    photos = sorted(photo_dir(tmp_path, n=8).iterdir())
+    report = calibrate(xml, 1e6, photos[:6], heldout=photos[6:], batch=2, max_evals=6, repeats=1, final_rounds=1,
+                       inference_precision="f32")
+    assert report.path.name == "m.openvino.calib.json" and report.path.parent == xml.parent
+    assert json.loads(report.path.read_text())["backend"]["name"] == "openvino"
+    try:
+        session = AdaptiveSession(xml)
+        assert session.presets and session.calibration is not None
+        name, preset = next(iter(session.presets.items()))
+        x = batch(2)
+        by_name = session.run(x, preset=name)
+        np.testing.assert_array_equal(by_name.tokens_kept, session.run(x, list(preset.thresholds)).tokens_kept)
+        fastest = min(session.presets.values(), key=lambda p: p.latency_ms)
+        budget = session.run(x, latency_budget_ms=fastest.latency_for_batch(2) * 1.0001)
+        assert budget.within_budget and budget.preset in session.presets
+    finally:
+        report.path.unlink()
+
+
+def test_predictor_on_openvino(exported):
+    from avit.serving.predictor import Predictor
+
+    _, onnx_path, xml, _ = exported
+    predictor = Predictor(onnx_path, backend="openvino")
+    try:
+        card = predictor.model_card()
+        assert card["backend"] == "openvino" and card["inference_precision"] == "f32"
+    finally:
+        predictor.close()
+
+
+def avit(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([*AVIT, *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+def one_line_error(proc: subprocess.CompletedProcess, pattern: str) -> None:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1 and len(lines) == 1, (proc.returncode, proc.stderr)
+    assert lines[0].startswith("error: ") and pattern in lines[0], lines[0]
+
+
+def test_cli_export_inspect_run(tmp_path):
+    from PIL import Image
+
+    from avit.models import save_checkpoint
+
+    ckpt = save_checkpoint(tiny_model(default_thresholds=(0.4, 0.5)), tmp_path / "tiny.ckpt", origin="test")
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(photo)
+    proc = avit("export", ckpt, "-o", tmp_path / "tiny.onnx", "--openvino")
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote " + str(tmp_path / "tiny.openvino.xml") in proc.stdout and "against pytorch" in proc.stdout
+    proc = avit("inspect", tmp_path / "tiny.openvino.xml")
+    assert proc.returncode == 0 and "OpenVINO IR, adaptive" in proc.stdout and "f32 ×" in proc.stdout, proc.stdout
+    precision = "bf16" if BF16 else "f32"
+    proc = avit("run", tmp_path / "tiny.openvino.xml", photo, "--precision", precision, "--thresholds", "0.3,0.5")
+    assert proc.returncode == 0 and f"on openvino {precision}" in proc.stdout, proc.stderr
+    proc = avit("run", tmp_path / "tiny.onnx", photo, "--backend", "openvino")
+    assert proc.returncode == 0 and "on openvino f32" in proc.stdout, proc.stderr
+    proc = avit("profile", tmp_path / "tiny.openvino.xml", "--images", photo, "--iters", "1", "--no-stages", "--thresholds", "0.3,0.5")
+    assert proc.returncode == 0 and "on openvino f32" in proc.stdout, proc.stderr
+    one_line_error(avit("run", tmp_path / "tiny.onnx", photo, "--precision", "bf16"), "applies to the openvino backend (--backend openvino)")
+    one_line_error(avit("run", tmp_path / "tiny.onnx", photo, "--backend", "tensorrt"), "the tensorrt backend cannot open tiny.onnx")
+    code = ("import sys; sys.modules['openvino'] = None; from avit.cli.main import main; "
+            f"sys.argv = ['avit', 'run', {str(tmp_path / 'tiny.openvino.xml')!r}, {str(photo)!r}]; main()")
+    one_line_error(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300),
+                   "OpenVINO is not installed: pip install 'avit[openvino]', so tiny.openvino.xml cannot run here")

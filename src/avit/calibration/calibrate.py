@@ -188,6 +188,8 @@ def calibrate(
     floors: dict[str, float] | None = None,
     providers: Sequence[str] | None = None,
     threads: int | None = None,
+    backend: str | None = None,
+    inference_precision: str | None = None,
     progress: Progress | None = None,
 ) -> CalibrationReport:
     """Find the best-quality thresholds meeting ``target_ms`` at ``percentile`` and batch ``batch``.
@@ -208,7 +210,9 @@ def calibrate(
         masks: Folder of label maps (``<image stem>.png``): score against them instead of agreement.
         tolerance: Held-out check passes when its latency ≤ ``target · (1 + tolerance)``.
         floors: Preset quality floors (default :data:`~avit.calibration.search.PRESET_FLOORS`).
-        providers, threads: ONNX Runtime execution providers and intra-op threads.
+        providers, threads: ONNX Runtime execution providers and intra-op (OpenVINO: inference) threads.
+        backend, inference_precision: See :class:`~avit.runtime.AdaptiveSession` (e.g. ``"openvino"``,
+            ``"bf16"``): latency is a property of the backend, so calibrate on the one you deploy.
         progress: ``progress(stage, done, total)``.
 
     Raises:
@@ -226,7 +230,8 @@ def calibrate(
     heldout = [Path(p) for p in heldout]
     if not images:
         raise InputError("no calibration images")
-    session = AdaptiveSession(model, providers, intra_op_threads=threads, calibration=False)
+    session = AdaptiveSession(model, providers, intra_op_threads=threads, calibration=False, backend=backend,
+                              inference_precision=inference_precision)
     info = session.info
     if info.num_pause_points == 0:
         raise InputError(f"{model} has no pause points (a static export): nothing to calibrate")
@@ -329,6 +334,8 @@ def calibrate(
         "backend": {
             "name": session.backend.name,
             "providers": list(getattr(session.backend, "providers", [])),
+            **({"inference_precision": session.backend.inference_precision}
+               if hasattr(session.backend, "inference_precision") else {}),
             "intra_op_threads": int(threads or 0),
             "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs, {platform.system()}",
         },

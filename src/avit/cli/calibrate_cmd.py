@@ -23,7 +23,7 @@ def _ms(value: float) -> str:
 @app.command("calibrate")
 @cli_errors
 def calibrate_command(
-    model: Annotated[Path, typer.Argument(help="Adaptive model (.onnx).")],
+    model: Annotated[Path, typer.Argument(help="Adaptive model (.onnx, .xml OpenVINO IR, or .engine).")],
     target_latency_ms: Annotated[float, typer.Option(help="Latency target of one call of --batch images, ms.")],
     percentile: Annotated[float, typer.Option(help="Which percentile of the per-call latency must meet the target.")] = 95.0,
     batch: Annotated[int, typer.Option(min=1, help="Images per call (calibrate at the batch size you deploy).")] = 1,
@@ -40,7 +40,9 @@ def calibrate_command(
     metric: Annotated[Optional[str], typer.Option(help="Quality: iou | pixel | top1 (default: iou for dense outputs, top1 for 1×1).")] = None,
     masks: Annotated[Optional[Path], typer.Option(help="Folder of label maps <image stem>.png: score against them instead of agreement with the full model.")] = None,
     tolerance: Annotated[float, typer.Option(min=0.0, help="Held-out check passes within target × (1 + tolerance).")] = 0.05,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="ONNX Runtime intra-op threads (default: one per core).")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="ONNX Runtime intra-op / OpenVINO inference threads (default: one per core).")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="onnxruntime | openvino | tensorrt (default: by the file: .onnx ONNX Runtime, .xml OpenVINO IR, .engine TensorRT); openvino also runs an .onnx.")] = None,
+    precision: Annotated[Optional[str], typer.Option("--precision", help="OpenVINO inference precision: f32 (default) | bf16 (CPUs with native bfloat16).")] = None,
 ) -> None:
     """Search the per-pause-point thresholds for the best quality that meets a latency target; write presets."""
     from avit.calibration.calibrate import calibrate
@@ -70,7 +72,7 @@ def calibrate_command(
         report = calibrate(
             model, target_latency_ms, calib_paths, heldout=held_paths, batch=batch, percentile=percentile,
             output=out_path, plot=plot_path, max_evals=max_evals, repeats=repeats, final_rounds=final_rounds,
-            metric=metric, masks=masks, tolerance=tolerance, threads=threads, progress=progress,
+            metric=metric, masks=masks, tolerance=tolerance, threads=threads, backend=backend, inference_precision=precision, progress=progress,
         )
 
     q = report.percentile

@@ -23,7 +23,7 @@ def _ms(value: float) -> str:
 @app.command("profile")
 @cli_errors
 def profile_command(
-    model: Annotated[Path, typer.Argument(help="Adaptive model (.onnx).")],
+    model: Annotated[Path, typer.Argument(help="Adaptive model (.onnx, .xml OpenVINO IR, or .engine).")],
     images: Annotated[Optional[Path], typer.Option(help="Folder of images (or one image). Default: the installed held-out photos.")] = None,
     max_images: Annotated[int, typer.Option(min=1, help="Use at most this many images (evenly spread).")] = 8,
     static: Annotated[Optional[Path], typer.Option(help="Static export of the same weights for the reference row (default: the adaptive model at nothing-paused thresholds).")] = None,
@@ -37,7 +37,9 @@ def profile_command(
     stages: Annotated[bool, typer.Option("--stages/--no-stages", help="Per-stage time from ONNX Runtime's profiler.")] = True,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON here ('-': stdout, nothing else printed).")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG: latency and agreement per setting, tokens kept, time per stage.")] = None,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="ONNX Runtime intra-op threads (default: one per core).")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="ONNX Runtime intra-op / OpenVINO inference threads (default: one per core).")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="onnxruntime | openvino | tensorrt (default: by the file: .onnx ONNX Runtime, .xml OpenVINO IR, .engine TensorRT); openvino also runs an .onnx.")] = None,
+    precision: Annotated[Optional[str], typer.Option("--precision", help="OpenVINO inference precision: f32 (default) | bf16 (CPUs with native bfloat16).")] = None,
 ) -> None:
     """Measure latency (mean, p50-p99), throughput, tokens kept and MACs per threshold setting and batch size."""
     from avit.data.files import image_files
@@ -60,6 +62,7 @@ def profile_command(
             model, paths, static=static, batches=batches, settings=settings or None, presets=preset or (),
             iters=iters, duration=duration,
             warmup=warmup, stages=stages, calibration=calib if calib else None, threads=threads,
+            backend=backend, inference_precision=precision,
             progress=lambda desc, done, total: bar.update(task, description=desc, completed=done, total=total),
         )
     data = report.to_dict()
@@ -72,7 +75,8 @@ def profile_command(
 
         atomic_write(json_out, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
     for b in sorted(report.rounds):
-        table = Table(title=f"{escape(Path(report.model).name)} on {report.backend}, batch {b}: {report.rounds[b]} rounds × {len(report.images)} images; ms per call")
+        on = report.backend + (f" {report.inference_precision}" if report.inference_precision else "")
+        table = Table(title=f"{escape(Path(report.model).name)} on {on}, batch {b}: {report.rounds[b]} rounds × {len(report.images)} images; ms per call")
         for col in ("setting", "thresholds", "tokens", "mean", "p50", "p90", "p95", "p99", "img/s",
                     "speedup", "GMAC/img exec|ideal", "IoU"):
             table.add_column(col, justify="right")

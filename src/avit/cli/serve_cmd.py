@@ -20,13 +20,15 @@ from avit.errors import InputError
 @app.command("serve")
 @cli_errors
 def serve_command(
-    model: Annotated[Path, typer.Argument(help="Model to serve (.onnx, or .engine with TensorRT).")],
+    model: Annotated[Path, typer.Argument(help="Model to serve (.onnx; .xml OpenVINO IR; .engine with TensorRT).")],
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="Model calls that may run at once (threads sharing one session).")] = 1,
     max_batch: Annotated[int, typer.Option(min=1, help="Most images per model call (requests with the same thresholds are batched).")] = 8,
     max_wait_ms: Annotated[float, typer.Option(min=0.0, help="Longest a request waits for others to share its call, ms (0: never wait).")] = 2.0,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="ONNX Runtime intra-op threads (default: one per core).")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="ONNX Runtime intra-op / OpenVINO inference threads (default: one per core).")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="onnxruntime | openvino | tensorrt (default: by the file: .onnx ONNX Runtime, .xml OpenVINO IR, .engine TensorRT); openvino also runs an .onnx.")] = None,
+    precision: Annotated[Optional[str], typer.Option("--precision", help="OpenVINO inference precision: f32 (default) | bf16 (CPUs with native bfloat16).")] = None,
     calibration: Annotated[Optional[Path], typer.Option(help="Calibration file with presets (default: <model>.calib.json if present).")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level: critical|error|warning|info|debug.")] = "info",
 ) -> None:
@@ -45,6 +47,8 @@ def serve_command(
         workers=workers,
         intra_op_threads=threads,
         calibration=calibration,
+        backend=backend,
+        inference_precision=precision,
         announce=lambda line: err_console.print(escape(line)),
     )
 

@@ -146,10 +146,10 @@ def export_openvino(
                 from avit.exporter.parity import check_parity  # PyTorch: only when the model is at hand
 
                 reference = "pytorch"
-                parity = check_parity(model, str(tmp_xml), images=parity_images, atol=atol, log=lambda m: say(f"parity {m}"))
+                parity = check_parity(model, str(tmp_xml), images=parity_images, atol=atol, log=lambda m: say(f"OpenVINO {m}"))
             else:
                 reference = "onnxruntime"
-                parity = _onnxruntime_parity(source, tmp_xml, atol, parity_images, lambda m: say(f"parity {m}"))
+                parity = _onnxruntime_parity(source, tmp_xml, atol, parity_images, lambda m: say(f"OpenVINO {m}"))
                 message = failure_message(parity, atol=atol, what=f"OpenVINO parity check against ONNX Runtime on {source.name}")
                 if message:
                     raise ExportError(message)

@@ -84,6 +84,7 @@ class ProfileReport:
     rounds: dict[int, int]
     seconds: float
     stages_note: str
+    inference_precision: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (``avit profile --json``)."""
@@ -95,6 +96,7 @@ class ProfileReport:
             "reference": self.reference,
             "backend": self.backend,
             "providers": self.providers,
+            "inference_precision": self.inference_precision,
             "images": self.images,
             "rounds": {str(b): r for b, r in self.rounds.items()},
             "seconds": round(self.seconds, 3),
@@ -146,6 +148,8 @@ def profile(
     calibration: str | os.PathLike | bool | None = None,
     providers: Sequence[str] | None = None,
     threads: int | None = None,
+    backend: str | None = None,
+    inference_precision: str | None = None,
     progress: Callable[[str, float, float], None] | None = None,
 ) -> ProfileReport:
     """Measure ``model`` on ``images`` at every setting and batch size (see the module docstring).
@@ -163,7 +167,9 @@ def profile(
         stages: Also time each stage with the backend's profiler (ONNX Runtime only).
         stage_repeats: Profiled calls per setting and batch size.
         calibration: Calibration file for presets (see :class:`AdaptiveSession`).
-        providers, threads: ONNX Runtime execution providers and intra-op threads.
+        providers, threads: ONNX Runtime execution providers and intra-op (OpenVINO: inference) threads.
+        backend, inference_precision: See :class:`~avit.runtime.AdaptiveSession` (e.g. ``"openvino"``,
+            ``"bf16"``); ``static`` runs on the same backend and precision.
         progress: ``progress(description, done, total)``.
 
     Raises:
@@ -181,11 +187,12 @@ def profile(
     if not paths:
         raise InputError("no images to profile on")
     say = progress or (lambda desc, done, total: None)
-    session = AdaptiveSession(model, providers, intra_op_threads=threads, calibration=calibration)
+    options = {"backend": backend, "inference_precision": inference_precision}
+    session = AdaptiveSession(model, providers, intra_op_threads=threads, calibration=calibration, **options)
     info = session.info
     if info.num_pause_points == 0:
         raise InputError(f"{model} has no pause points (a static export); pass it as --static and profile the adaptive model")
-    ref_session = AdaptiveSession(static, providers, intra_op_threads=threads, calibration=False) if static else None
+    ref_session = AdaptiveSession(static, providers, intra_op_threads=threads, calibration=False, **options) if static else None
     if ref_session is not None:
         if ref_session.info.num_pause_points:
             raise InputError(f"--static {static} has pause points; give the static export (avit export --static)")
@@ -309,6 +316,7 @@ def profile(
         reference=reference_desc,
         backend=session.backend.name,
         providers=list(getattr(session.backend, "providers", [])),
+        inference_precision=getattr(session.backend, "inference_precision", None),
         images=[p.name for p in paths],
         rows=rows,
         rounds=rounds_done,

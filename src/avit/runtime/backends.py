@@ -269,7 +269,9 @@ def open_backend(
                 "onnxruntime": "ONNX Runtime runs .onnx files"}[name]
         raise InputError(f"the {name} backend cannot open {path.name} ({hint})")
     if inference_precision is not None and name != "openvino":
-        raise InputError(f"inference_precision applies to the openvino backend, not {name}")
+        raise InputError(
+            f"inference precision {inference_precision} applies to the openvino backend (--backend openvino), not {name}"
+        )
     if name == "openvino":
         if providers:
             raise InputError("execution providers are ONNX Runtime's; the openvino backend runs on the CPU")
