@@ -171,9 +171,43 @@ def load_onnx_proto(source):
         raise ArtifactError(f"{path} is not an ONNX model ({type(exc).__name__})") from exc
 
 
+def pad_empty_selections(proto):
+    """A copy of ``proto`` whose select ops never produce an empty token tensor: ``AvitCompact`` (the
+    compaction inside every select op, :mod:`avit.ops._common`) makes ``keep_idx`` ``[B, max(1, m)]``
+    instead of ``[B, m]``.
+
+    Why: OpenVINO's CPU plugin (measured with 2026.4.1) goes wrong once a graph with dynamic shapes has
+    run with a zero-sized token tensor: after one call in which every token paused at the first pause
+    point, later calls on the same compiled model pause the wrong tokens at the second one (f32 and
+    bf16; ``tokens_kept`` [1015, 1015] instead of [1015, 855] on the real model), and under bf16 a call
+    that pauses everything at the last point makes later calls return NaN logits. A batch that keeps no
+    token gets one padding slot (``counts`` stays 0, so every later op ignores it, as it ignores the
+    padding of images that keep fewer tokens than others in a padded batch): outputs are unchanged and
+    the graph never sees an empty token tensor.
+    """
+    import onnx
+    from onnx import helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    for function in out.functions:
+        if function.domain != "avit" or function.name != "AvitCompact":
+            continue
+        for i, node in enumerate(function.node):
+            if node.op_type == "ReduceMax" and list(node.output) == ["m"]:
+                node.output[0] = "m_unpadded"
+                one = helper.make_node("Constant", [], ["m_floor"], value_ints=[1])
+                floor = helper.make_node("Max", ["m_unpadded", "m_floor"], ["m"])
+                function.node.insert(i + 1, one)
+                function.node.insert(i + 2, floor)
+                break
+    return out
+
+
 def model_from_onnx(source, *, core=None, mark_heads: bool = True):
-    """An avit ONNX model (path or ModelProto) as an ``openvino.Model``: local functions inlined,
-    token heads marked (:func:`mark_token_heads`), ONNX metadata in ``rt_info["framework"]``.
+    """An avit ONNX model (path or ModelProto) as an ``openvino.Model``: no empty token tensors
+    (:func:`pad_empty_selections`), local functions inlined, token heads marked (:func:`mark_token_heads`),
+    ONNX metadata in ``rt_info["framework"]``.
 
     Raises:
         BackendUnavailableError: OpenVINO is not installed.
@@ -185,7 +219,7 @@ def model_from_onnx(source, *, core=None, mark_heads: bool = True):
     ov = import_openvino()
     proto = load_onnx_proto(source)
     regions = token_head_regions(proto) if mark_heads else []
-    inlined = onnx.inliner.inline_local_functions(proto)
+    inlined = onnx.inliner.inline_local_functions(pad_empty_selections(proto))
     core = core or ov.Core()
     try:
         model = core.read_model(io.BytesIO(inlined.SerializeToString()))
