@@ -64,7 +64,7 @@ def test_session_matches_onnxruntime(exported, source):
     session = AdaptiveSession(xml) if source == "ir" else AdaptiveSession(onnx_path, backend="openvino")
     reference = AdaptiveSession(onnx_path)
     assert session.backend.name == "openvino" and reference.backend.name == "onnxruntime"
-    assert session.info.default_thresholds == (0.5, 0.6) and session.batch_layout == "per_image"
+    assert session.info.default_thresholds == (0.5, 0.6) and session.batch_layout == "padded"  # measured: padded wins on OpenVINO
     x = batch(3, seed=3)
     counts = set()
     for t in ([0.0, 0.0], [0.3, 0.5], None, [0.5, 0.9], [np.inf, np.inf]):

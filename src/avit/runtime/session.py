@@ -92,11 +92,13 @@ class AdaptiveSession:
         batch_layout: How a batch of ``B > 1`` images runs: ``"padded"`` (one call; after each pause
             point the images are padded to the batch's largest token count), ``"per_image"`` (one call
             per image, each at its own token count; the outputs are concatenated and ``latency_ms`` covers
-            all calls) or ``"auto"`` (default): ``per_image`` when the model runs on the CPU (every
-            ONNX Runtime execution provider is the CPU's, or OpenVINO on ``CPU``), ``padded`` otherwise (a padded batch keeps a GPU busy). Chosen by measurement on 2 CPU cores
-            (``benchmarks/cpu_deployment.py``, real model): per image is faster once the images keep
-            different token counts (11–13 % at batch 4) and ties when nothing pauses. Static models
-            always run padded. The layout actually used is :attr:`batch_layout`.
+            all calls) or ``"auto"`` (default): ``per_image`` when every ONNX Runtime execution provider
+            is the CPU, ``padded`` otherwise (a padded batch keeps a GPU busy). Chosen by measurement on 2
+            CPU cores (real model): ONNX Runtime per image is faster once the images keep different token
+            counts (11–13 % at batch 4) and ties when nothing pauses (``benchmarks/cpu_deployment.py``);
+            OpenVINO gains from batching, and its padded batch of 4 ran 12 % faster than one call per
+            image at the defaults (bf16, ``benchmarks/openvino_cpu.py``), so OpenVINO runs padded. Static
+            models always run padded. The layout actually used is :attr:`batch_layout`.
         intra_op_threads / inter_op_threads: see above; measured 1 → 2 intra-op threads on the real
             model: 1.6× (README, "CPU").
 
@@ -133,8 +135,8 @@ class AdaptiveSession:
             backend=backend, inference_precision=inference_precision,
         )
         if batch_layout == "auto":
-            used = getattr(self.backend, "providers", None) or [getattr(self.backend, "device", self.backend.name)]
-            batch_layout = "per_image" if all(p in ("CPUExecutionProvider", "CPU") for p in used) else "padded"
+            used = getattr(self.backend, "providers", None) or [self.backend.name]
+            batch_layout = "per_image" if all(p == "CPUExecutionProvider" for p in used) else "padded"
         #: The layout in use: ``"padded"`` or ``"per_image"`` (``"auto"`` resolved).
         self.batch_layout: str = batch_layout
         self.info: ModelInfo = ModelInfo.from_props(self.backend.metadata(), where=str(self.path))
