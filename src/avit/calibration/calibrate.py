@@ -34,14 +34,8 @@ from avit import __version__
 from avit.calibration.evaluate import BackendEvaluator
 from avit.metadata.calibration import calibration_path, file_sha256, save_calibration
 from avit.metadata.calibration_schema import FORMAT, VERSION
-from avit.calibration.search import (
-    PRESET_FLOORS,
-    Measurement,
-    ThresholdSearch,
-    pareto_front,
-    pick_presets,
-    select_final,
-)
+from avit.calibration.choice import PRESET_FLOORS, pick_presets, select_final
+from avit.calibration.search import Measurement, ThresholdSearch, pareto_front
 from avit.evaluation.knobs import KnobSpace
 from avit.errors import InputError
 from avit.models.config import AdaptiveViTConfig
