@@ -9,7 +9,6 @@ from collections import Counter
 from pathlib import Path
 
 from avit.errors import ArtifactError
-from avit.metadata import ModelInfo
 
 Rows = list[tuple[str, str]]
 

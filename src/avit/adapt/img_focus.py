@@ -22,13 +22,11 @@ importing the package (its ``__init__`` imports albumentations). Its weights are
 from __future__ import annotations
 
 import importlib.util
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from avit.errors import BackendUnavailableError, ConfigError
 from avit.models.config import IMAGENET_MEAN, IMAGENET_STD, AdaptiveViTConfig

@@ -43,11 +43,9 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from avit.errors import CheckpointError, ConfigError
 from avit.models.config import AdaptiveViTConfig
