@@ -148,11 +148,11 @@ def test_distilled_heads_pause_the_right_tokens(distilled):
 # ---------------------------------------------------------------------------------------------- metrics / errors
 def test_agreement_and_speedup_definitions():
     full = torch.tensor([[[0, 1], [1, 1]]])
-    pixel, iou = agreement(torch.tensor([[[0, 1], [1, 0]]]), full)
+    pixel, iou = agreement(torch.tensor([[[0, 1], [1, 0]]]), full, 2)
     assert pixel.item() == pytest.approx(0.75) and iou.item() == pytest.approx(2 / 3)
-    pixel, iou = agreement(torch.zeros(1, 2, 2, dtype=torch.long), torch.zeros(1, 2, 2, dtype=torch.long))
+    pixel, iou = agreement(torch.zeros(1, 2, 2, dtype=torch.long), torch.zeros(1, 2, 2, dtype=torch.long), 2)
     assert pixel.item() == 1.0 and iou.item() == 1.0  # nothing salient in either map
-    multi, miou = agreement(torch.tensor([[[0, 2], [2, 1]]]), torch.tensor([[[0, 2], [1, 1]]]))
+    multi, miou = agreement(torch.tensor([[[0, 2], [2, 1]]]), torch.tensor([[[0, 2], [1, 1]]]), 3)
     assert multi.item() == pytest.approx(0.75) and miou.item() == pytest.approx((1 + 0.5 + 0.5) / 3)
     cfg = img_focus.img_focus_config(448, pause_points=(4, 8))
     static = model_macs(cfg.replace(pause_points=()))["total"]

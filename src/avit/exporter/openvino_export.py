@@ -36,7 +36,7 @@ from avit.evaluation.parity import (
     session_runner,
     threshold_settings,
 )
-from avit.exporter.artifact import read_onnx
+from avit.metadata.onnx_file import read_onnx
 
 
 @dataclasses.dataclass

@@ -141,7 +141,7 @@ def export_chain(
         import_openvino()  # before a long export: one line naming the extra to install
     if source.suffix.lower() == ".onnx":
         if precision is not None:
-            from avit.exporter.artifact import read_onnx
+            from avit.metadata.onnx_file import read_onnx
 
             have = read_onnx(source)[1].precision
             if have != precision:

@@ -157,18 +157,15 @@ def mark_token_heads(model, regions: list[tuple[set[str], list[str]]]) -> int:
 
 
 def load_onnx_proto(source):
-    """``source`` (path or ``onnx.ModelProto``) → ModelProto. Raises :class:`ArtifactError`."""
+    """``source`` (path or ``onnx.ModelProto``) → ModelProto. Raises :class:`ArtifactError` (missing, not
+    ONNX, or no avit metadata: :func:`avit.metadata.onnx_file.read_onnx`)."""
     import onnx
 
     if isinstance(source, onnx.ModelProto):
         return source
-    path = Path(source)
-    if not path.is_file():
-        raise ArtifactError(f"model not found: {path}")
-    try:
-        return onnx.load(str(path))
-    except Exception as exc:  # protobuf raises DecodeError and friends for foreign files
-        raise ArtifactError(f"{path} is not an ONNX model ({type(exc).__name__})") from exc
+    from avit.metadata.onnx_file import read_onnx
+
+    return read_onnx(source)[0]
 
 
 def pad_empty_selections(proto):
