@@ -81,6 +81,7 @@ def describe_openvino(path: Path) -> list[tuple[str, Rows]]:
         BackendUnavailableError: OpenVINO is not installed.
     """
     from avit.errors import BackendUnavailableError
+    from avit.metadata import ModelInfo
 
     weights = path.with_suffix(".bin")
     if not weights.is_file():
