@@ -134,7 +134,7 @@ def test_bf16_runs_heads_f32_where_openvino_allows(exported):
 def test_pause_decisions_openvino_vs_onnxruntime(exported):
     from avit.profiling.pause_sets import pause_agreement
 
-    _, onnx_path, xml, _ = exported
+    _, onnx_path, _, _ = exported
     x = batch(3, seed=6)
     pa = pause_agreement(onnx_path, onnx_path, x, [0.3, 0.5], candidate_backend="openvino")
     assert pa.decision_agreement == [1.0, 1.0] and pa.paused_ref == pa.paused_cand and sum(pa.paused_ref) > 0
@@ -207,7 +207,7 @@ def test_calibration_presets_and_budget_on_openvino(exported, tmp_path):
 def test_predictor_on_openvino(exported):
     from avit.serving.predictor import Predictor
 
-    _, onnx_path, xml, _ = exported
+    _, onnx_path, _, _ = exported
     predictor = Predictor(onnx_path, backend="openvino")
     try:
         card = predictor.model_card()
