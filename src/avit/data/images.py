@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +16,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from avit.errors import InputError
+
+#: A Python object's default repr inside an error message (``<_io.BytesIO object at 0x7f…>``).
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
@@ -46,8 +50,12 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as im:
             return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise InputError(f"cannot decode {name} as an image: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+    except UnidentifiedImageError as exc:  # its message names the BytesIO object: "<_io.BytesIO object at 0x…>"
+        raise InputError(f"cannot decode {name} as an image: not a format Pillow reads (PNG, JPEG, …)") from exc
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        text = _OBJECT_REPR.sub("the upload", text)
+        raise InputError(f"cannot decode {name} as an image: {text}") from exc
 
 
 def preprocess(
