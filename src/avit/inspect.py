@@ -9,7 +9,6 @@ from collections import Counter
 from pathlib import Path
 
 from avit.errors import ArtifactError
-from avit.metadata import ModelInfo
 
 Rows = list[tuple[str, str]]
 
@@ -41,14 +40,9 @@ def _value_info(v) -> str:
 
 def describe_onnx(path: Path) -> list[tuple[str, Rows]]:
     """Sections for an exported ONNX model. Raises :class:`ArtifactError`."""
-    import onnx
+    from avit.metadata.onnx_file import read_onnx
 
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises DecodeError and friends
-        raise ArtifactError(f"{path} is not an ONNX model ({type(exc).__name__})") from exc
-    props = {p.key: p.value for p in model.metadata_props}
-    info = ModelInfo.from_props(props, where=str(path))
+    model, info, props = read_onnx(path)
     opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in model.opset_import)
     ops = Counter(n.op_type for n in model.graph.node if n.domain == "avit")
     artifact: Rows = [

@@ -10,8 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from avit.cli._app import app, cli_errors, console, err_console, fmt_values, log_line, parse_ints, parse_thresholds
-from avit.errors import InputError
+from avit.cli._app import app, cli_errors, console, err_console, fmt_values
 
 
 
@@ -44,24 +43,11 @@ def calibrate_command(
 ) -> None:
     """Search the per-pause-point thresholds for the best quality that meets a latency target; write presets."""
     from avit.calibration.calibrate import calibrate
-    from avit.metadata.calibration import calibration_path
-    from avit.data.files import image_files, spread
+    from avit.calibration.images import split_images
     from avit.evaluation.latency import percentile_key
+    from avit.metadata.calibration import calibration_path
 
-    if images is None:
-        calib_paths = image_files(None, "train", max_images)
-        held_paths = image_files(heldout, "heldout", max_heldout)
-    else:
-        all_paths = image_files(images, limit=None)
-        if heldout is None:
-            held_all = all_paths[3::4]
-            calib_all = [p for p in all_paths if p not in held_all]
-            if not calib_all or not held_all:
-                raise InputError(f"{images} has {len(all_paths)} image(s): give at least 2, or --heldout DIR")
-            calib_paths, held_paths = spread(calib_all, max_images), spread(held_all, max_heldout)
-        else:
-            calib_paths = spread(all_paths, max_images)
-            held_paths = image_files(heldout, limit=max_heldout)
+    calib_paths, held_paths = split_images(images, heldout, max_images=max_images, max_heldout=max_heldout)
     out_path = output or calibration_path(model)
     plot_path = None if no_plot else (plot or out_path.with_name(out_path.name.removesuffix(".json") + ".png"))
     key = percentile_key(percentile)

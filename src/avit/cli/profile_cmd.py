@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -12,17 +11,13 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from avit.cli._app import app, cli_errors, console, err_console, fmt_values, log_line, parse_ints, parse_thresholds
+from avit.cli._app import app, cli_errors, console, err_console, fmt_values, parse_ints, parse_thresholds
 from avit.errors import InputError
 
 
 
 def _ms(value: float) -> str:
     return f"{value:.3g}" if value < 100 else f"{value:.0f}"
-
-
-def _fmt(values) -> str:
-    return ", ".join("inf" if math.isinf(v) else f"{v:.3g}" for v in values)
 
 
 @app.command("profile")
@@ -47,7 +42,6 @@ def profile_command(
     """Measure latency (mean, p50-p99), throughput, tokens kept and MACs per threshold setting and batch size."""
     from avit.data.files import image_files
     from avit.profiling.profile import profile
-    from avit.runtime import AdaptiveSession
 
     batches = parse_ints(batch)
     if not batches or min(batches) < 1:
@@ -55,13 +49,7 @@ def profile_command(
     if json_out is None and iters is None and duration is None:
         raise InputError("give --iters or --duration")
     paths = image_files(images, "heldout", max_images)
-    settings = None
-    if thresholds or preset:
-        session = AdaptiveSession(model, calibration=calib if calib else (None if preset else False))
-        settings = [(f"thresholds {_fmt(parse_thresholds(t))}", parse_thresholds(t)) for t in thresholds or []]
-        settings += [(f"preset {name}", list(session.preset(name).thresholds)) for name in preset or []]
-        for _, values in settings:
-            session.thresholds(values)  # validate before measuring
+    settings = [(f"thresholds {fmt_values(parse_thresholds(t), 3)}", parse_thresholds(t)) for t in thresholds or []]
     quiet = json_out is not None and str(json_out) == "-"
     with Progress(
         TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
@@ -69,7 +57,8 @@ def profile_command(
     ) as bar:
         task = bar.add_task("profiling", total=1.0)
         report = profile(
-            model, paths, static=static, batches=batches, settings=settings, iters=iters, duration=duration,
+            model, paths, static=static, batches=batches, settings=settings or None, presets=preset or (),
+            iters=iters, duration=duration,
             warmup=warmup, stages=stages, calibration=calib if calib else None, threads=threads,
             progress=lambda desc, done, total: bar.update(task, description=desc, completed=done, total=total),
         )
@@ -91,7 +80,7 @@ def profile_command(
             lat = r.latency_ms
             table.add_row(
                 escape(r.label) + (" (ref)" if r.reference else ""),
-                "-" if r.thresholds is None else _fmt(r.thresholds),
+                "-" if r.thresholds is None else fmt_values(r.thresholds, 3),
                 ", ".join(f"{k:.0f}" for k in r.tokens_kept),
                 *(_ms(lat[k]) for k in ("mean", "p50", "p90", "p95", "p99")),
                 f"{r.throughput:.3g}",

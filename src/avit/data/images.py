@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,9 +15,6 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from avit.errors import InputError
-
-#: A Python object's default repr inside an error message (``<_io.BytesIO object at 0x7f…>``).
-_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
@@ -33,8 +29,10 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise InputError(f"cannot read image {path}: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise InputError(f"cannot read image {path}: not an image format Pillow knows") from exc
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read image {path}: {_reason(exc)}") from exc
 
 
 def decode_image(data: bytes, name: str = "image") -> np.ndarray:
@@ -50,12 +48,18 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as im:
             return np.asarray(im.convert("RGB"))
-    except UnidentifiedImageError as exc:  # its message names the BytesIO object: "<_io.BytesIO object at 0x…>"
-        raise InputError(f"cannot decode {name} as an image: not a format Pillow reads (PNG, JPEG, …)") from exc
+    except UnidentifiedImageError as exc:
+        raise InputError(f"cannot decode {name} as an image: not an image format Pillow knows") from exc
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        text = _OBJECT_REPR.sub("the upload", text)
-        raise InputError(f"cannot decode {name} as an image: {text}") from exc
+        raise InputError(f"cannot decode {name} as an image: {_reason(exc)}") from exc
+
+
+def _reason(exc: Exception) -> str:
+    """The first line of an exception's message with object reprs (``<… at 0x…>``) removed."""
+    import re
+
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", text).strip() or type(exc).__name__
 
 
 def preprocess(

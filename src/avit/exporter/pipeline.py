@@ -125,7 +125,7 @@ def export_chain(
     _check_options(source, precision, quantize, optimize, trt)
     if source.suffix.lower() == ".onnx":
         if precision is not None:
-            from avit.exporter.artifact import read_onnx
+            from avit.metadata.onnx_file import read_onnx
 
             have = read_onnx(source)[1].precision
             if have != precision:

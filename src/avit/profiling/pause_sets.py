@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from avit.errors import ArtifactError
-from avit.metadata import ModelInfo
+from avit.metadata.onnx_file import read_onnx
 
 #: The select ops whose ``keep_idx`` output picks the active tokens.
 SELECT_OPS = ("AvitEntropySelect", "AvitKeepRatioSelect", "AvitClassContextSelect")
@@ -69,8 +69,7 @@ def active_masks(path: str | os.PathLike, images: np.ndarray, thresholds: Sequen
     """
     import onnxruntime as ort
 
-    model = onnx.load(str(path))
-    info = ModelInfo.from_props({p.key: p.value for p in model.metadata_props}, where=str(path))
+    model, info, _ = read_onnx(path)
     exposed, names = expose_pause_positions(model)
     options = ort.SessionOptions()
     options.log_severity_level = 3
