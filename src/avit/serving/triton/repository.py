@@ -132,7 +132,7 @@ def _read_artifact(model: Path) -> _Artifact:
         raise ArtifactError(f"model not found: {model}")
     suffix = model.suffix.lower()
     if suffix == ".onnx":
-        from avit.exporter.artifact import read_onnx
+        from avit.metadata.onnx_file import read_onnx
 
         proto, info, _ = read_onnx(model)
         return _Artifact(model, "onnx", info, proto=proto)
