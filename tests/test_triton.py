@@ -400,6 +400,9 @@ def test_server_stops_cleanly(server):
     assert server.ready()
     assert server.stop() == 0
     log = server.log_text()
+    import avit
+
+    assert f"avit {avit.__version__} from {Path(avit.__file__).parent}: model.onnx on onnxruntime" in log  # this avit, not another
     assert "successfully unloaded 'avit'" in log or "successfully unloaded" in log, log[-2000:]
 
 

@@ -32,10 +32,19 @@ requests of the same ``execute`` call are answered normally.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+# The python backend's stub starts its interpreter without reading PYTHONPATH (its sys.path holds the standard
+# library and the environment's site-packages only), so an avit given by PYTHONPATH — `avit triton-serve` puts
+# the one it runs from there — would lose to an installed one. Honour it, in its order, before importing avit.
+for _entry in reversed([p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]):
+    if _entry not in sys.path:
+        sys.path.insert(0, _entry)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -78,6 +87,14 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"cannot open {path.name}: {_one_line(exc)}") from None
         info = self.session.info
         self.num_pause_points = info.num_pause_points
+        logger = getattr(pb_utils, "Logger", None)
+        if logger is not None:  # which avit serves, for the server log (Triton 23.03+)
+            import avit
+
+            logger.log_info(
+                f"avit {avit.__version__} from {Path(avit.__file__).parent}: {path.name} on {self.session.backend.name}, "
+                f"pause points {list(info.pause_points)}"
+            )
         fixed = params.get("AVIT_THRESHOLDS", "")
         try:  # a fixed-threshold model: these values replace the model's defaults (validated here)
             defaults = self.session.thresholds([float(v) for v in fixed.split(",")] if fixed else None)

@@ -15,7 +15,8 @@ What :class:`TritonServer` does (measured recipe, issue 15):
    interpreter's standard library: ``'_thread.RLock' object has no attribute '_recursion_count'``),
    then ``nvidia_pytriton.libs``; the folder of ``sys.executable`` first on ``PATH`` (the stub finds
    this environment's ``site-packages`` through it); the folder holding the imported ``avit`` package
-   first on ``PYTHONPATH`` (the stub imports the same avit);
+   first on ``PYTHONPATH`` (the stub's interpreter does not read ``PYTHONPATH`` itself; avit's
+   ``model.py`` puts its entries first on ``sys.path``, so the stub imports the same avit);
 3. ``tritonserver --model-repository=… --backend-directory=… --http-address=127.0.0.1 --http-port=…
    --grpc-address=127.0.0.1 --grpc-port=… --allow-metrics=false --allow-gpu-metrics=false
    --exit-on-error=true --strict-readiness=true``;
