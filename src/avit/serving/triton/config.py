@@ -22,6 +22,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from avit._io import json_float
+
 #: Triton ``instance_group`` kinds by ``device``.
 KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 #: Values of ``TritonModelSpec.backend``.
@@ -175,7 +177,7 @@ def config_pbtxt(spec: TritonModelSpec) -> str:
         if spec.providers:
             lines += [_parameter("AVIT_PROVIDERS", ",".join(spec.providers))]
         if spec.fixed_thresholds is not None:
-            values = ",".join("inf" if v == float("inf") else repr(float(v)) for v in spec.fixed_thresholds)
+            values = ",".join(str(json_float(v)) for v in spec.fixed_thresholds)
             lines += [_parameter("AVIT_THRESHOLDS", values)]
     elif spec.intra_op_threads is not None and spec.backend == "onnxruntime":
         lines += [_parameter("intra_op_thread_count", str(int(spec.intra_op_threads)))]

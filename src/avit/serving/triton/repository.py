@@ -52,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avit._io import atomic_write
+from avit._io import atomic_write, json_float
 from avit.errors import ArtifactError, BackendUnavailableError, InputError
 from avit.metadata import PREFIX, ModelInfo
 from avit.serving.triton.config import BACKENDS, KINDS, TritonModelSpec, config_pbtxt
@@ -65,7 +65,7 @@ PYTHON_MODEL = Path(__file__).with_name("python_model.py")
 
 
 def _json(values: Sequence[float]) -> str:
-    return json.dumps(["inf" if math.isinf(v) else float(v) for v in values])
+    return json.dumps([json_float(v) for v in values])
 
 
 # ---------------------------------------------------------------------------------------------- ONNX copies
