@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 import os
 import time
 from collections.abc import Sequence
