@@ -200,6 +200,28 @@ def test_calibration_presets_and_budget_on_openvino(exported, tmp_path):
         fastest = min(session.presets.values(), key=lambda p: p.latency_ms)
         budget = session.run(x, latency_budget_ms=fastest.latency_for_batch(2) * 1.0001)
         assert budget.within_budget and budget.preset in session.presets
+        if BF16:  # the same file's latencies are not bf16's: not loaded by default, refused when asked for
+            assert not AdaptiveSession(xml, inference_precision="bf16").presets
+            with pytest.raises(ArtifactError, match="measured on openvino, this session runs openvino bf16"):
+                AdaptiveSession(xml, inference_precision="bf16", calibration=report.path)
+    finally:
+        report.path.unlink()
+
+
+def test_a_calibration_from_another_backend_is_not_used(exported, tmp_path):
+    """m.calib.json measured on ONNX Runtime beside m.onnx: an OpenVINO session on that ONNX gets no
+    presets (their latencies belong to another backend) and a one-line error when given the file."""
+    from avit.calibration.calibrate import calibrate
+    from tiny_onnx import photo_dir
+
+    _, onnx_path, _, _ = exported
+    photos = sorted(photo_dir(tmp_path, n=6).iterdir())
+    report = calibrate(onnx_path, 1e6, photos[:4], heldout=photos[4:], batch=1, max_evals=4, repeats=1, final_rounds=1)
+    try:
+        assert report.path.name == "m.calib.json" and AdaptiveSession(onnx_path).presets
+        assert not AdaptiveSession(onnx_path, backend="openvino").presets
+        with pytest.raises(ArtifactError, match="measured on onnxruntime, this session runs openvino"):
+            AdaptiveSession(onnx_path, backend="openvino", calibration=report.path)
     finally:
         report.path.unlink()
 

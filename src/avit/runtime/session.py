@@ -151,6 +151,7 @@ class AdaptiveSession:
     def _load_calibration(self, calibration) -> Calibration | None:
         if calibration is False:
             return None
+        automatic = calibration is None
         if calibration is None or calibration is True:
             path = calibration_path(self.path)
             if not path.is_file():
@@ -163,6 +164,17 @@ class AdaptiveSession:
         else:
             calib = load_calibration(calibration)
         calib.check_model(self.info, self.path)
+        measured_on = _measured_on(calib.data.get("backend", {}))
+        running = _measured_on({"name": self.backend.name,
+                                "inference_precision": getattr(self.backend, "inference_precision", None)})
+        if measured_on != running:
+            if automatic:  # its latencies belong to another backend: no presets rather than wrong ones
+                return None
+            where = calib.path.name if calib.path is not None else "the calibration"
+            raise ArtifactError(
+                f"{where} was measured on {measured_on}, this session runs {running}: "
+                f"calibrate for this backend (avit calibrate {self.path.name} ...) or pass calibration=False"
+            )
         return calib
 
     # ------------------------------------------------------------------ inputs
@@ -323,3 +335,10 @@ class AdaptiveSession:
             f"pause_points={list(self.info.pause_points)}, policy={self.info.policy})"
         )
 
+
+def _measured_on(backend: Mapping) -> str:
+    """``"onnxruntime"`` / ``"openvino bf16"``: the backend (and a non-default inference precision) a
+    calibration's latencies belong to."""
+    name = str(backend.get("name", "onnxruntime"))
+    precision = backend.get("inference_precision")
+    return name if precision in (None, "f32") else f"{name} {precision}"
