@@ -205,3 +205,29 @@ def test_profile_and_calibrate_work_unchanged(exported, tmp_path):
     assert report.meets_target and report.path.is_file()
     # any setting meets a 1e6 ms target: the best quality is running every learner (ACM at tolerance 0 = the MLP)
     assert report.chosen.quality >= 0.999 and all(t >= 0 for t in report.chosen.thresholds)
+
+
+def test_acmize_cli(tmp_path):
+    """``avit acmize`` on a checkpoint: the ACM segments start where --pause-points says, the learners are
+    exact at tolerance 0, and bad input is one line."""
+    import subprocess
+    import sys
+
+    from avit.models import load_checkpoint, save_checkpoint
+    from tiny_onnx import photo_dir
+
+    source = tiny_model(num_classes=3)
+    ckpt = save_checkpoint(source, tmp_path / "m.ckpt")
+    cli = [sys.executable, "-m", "avit.cli", "acmize", str(ckpt), "-o", str(tmp_path / "acm.ckpt")]
+    proc = subprocess.run([*cli, "--pause-points", "2", "--images", str(photo_dir(tmp_path / "photos")),
+                           "--steps", "5", "--learners", "2"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    acm, meta = load_checkpoint(tmp_path / "acm.ckpt")
+    assert acm.config.policy == "acm" and tuple(acm.config.pause_points) == (2,) and acm.config.acm_learners == 2
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        want = source.forward_full(x).logits
+        got, _ = acm(x, torch.zeros(1))
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    bad = subprocess.run([*cli, "--pause-points", "two"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and bad.stderr.strip().count("\n") == 0 and "error:" in bad.stderr

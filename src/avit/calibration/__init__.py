@@ -1,11 +1,13 @@
 """Latency-targeted threshold calibration, measured on the real backend.
 
-* :mod:`~avit.evaluation.knobs` — per-pause-point aggressiveness ``u ∈ [0, 1]`` ↔ thresholds, per policy;
 * :mod:`~avit.calibration.search` — the search (anchors, boundary bisection along rays with an isotonic
-  latency fit, per-pause-point hill climb), Pareto front, choice and presets; backend-agnostic;
+  latency fit, per-pause-point hill climb) and the Pareto front; backend-agnostic;
+* :mod:`~avit.calibration.choice` — after the search: the final choice (re-measured) and the presets;
+* :mod:`~avit.calibration.images` — which images calibrate and which check;
 * :mod:`~avit.calibration.evaluate` — measuring a setting on an :class:`~avit.runtime.AdaptiveSession`;
 * :mod:`~avit.calibration.calibrate` — the whole procedure with the held-out check (``avit calibrate``);
-* :mod:`~avit.metadata.calibration` / :mod:`~avit.metadata.calibration_schema` — the versioned ``.calib.json`` file;
+* the versioned ``.calib.json`` file the runtime reads is in :mod:`avit.metadata.calibration` (schema:
+  :mod:`avit.metadata.calibration_schema`);
 * :mod:`~avit.calibration.plot` — the Pareto-front plot (matplotlib).
 
 Names are imported lazily: the runtime loads presets without pulling in the search or matplotlib.
@@ -21,7 +23,7 @@ _LAZY = {
     "KnobSpace": "avit.evaluation.knobs",
     "Measurement": "avit.calibration.search",
     "ThresholdSearch": "avit.calibration.search",
-    "PRESET_FLOORS": "avit.calibration.search",
+    "PRESET_FLOORS": "avit.calibration.choice",
     "pareto_front": "avit.calibration.search",
     "BackendEvaluator": "avit.calibration.evaluate",
     "CalibrationReport": "avit.calibration.calibrate",

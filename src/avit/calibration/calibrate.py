@@ -34,14 +34,8 @@ from avit import __version__
 from avit.calibration.evaluate import BackendEvaluator
 from avit.metadata.calibration import calibration_path, file_sha256, save_calibration
 from avit.metadata.calibration_schema import FORMAT, VERSION
-from avit.calibration.search import (
-    PRESET_FLOORS,
-    Measurement,
-    ThresholdSearch,
-    pareto_front,
-    pick_presets,
-    select_final,
-)
+from avit.calibration.choice import PRESET_FLOORS, pick_presets, select_final
+from avit.calibration.search import Measurement, ThresholdSearch, pareto_front
 from avit.evaluation.knobs import KnobSpace
 from avit.errors import InputError
 from avit.models.config import AdaptiveViTConfig
@@ -188,6 +182,8 @@ def calibrate(
     floors: dict[str, float] | None = None,
     providers: Sequence[str] | None = None,
     threads: int | None = None,
+    backend: str | None = None,
+    inference_precision: str | None = None,
     progress: Progress | None = None,
 ) -> CalibrationReport:
     """Find the best-quality thresholds meeting ``target_ms`` at ``percentile`` and batch ``batch``.
@@ -208,7 +204,9 @@ def calibrate(
         masks: Folder of label maps (``<image stem>.png``): score against them instead of agreement.
         tolerance: Held-out check passes when its latency ≤ ``target · (1 + tolerance)``.
         floors: Preset quality floors (default :data:`~avit.calibration.search.PRESET_FLOORS`).
-        providers, threads: ONNX Runtime execution providers and intra-op threads.
+        providers, threads: ONNX Runtime execution providers and intra-op (OpenVINO: inference) threads.
+        backend, inference_precision: See :class:`~avit.runtime.AdaptiveSession` (e.g. ``"openvino"``,
+            ``"bf16"``): latency is a property of the backend, so calibrate on the one you deploy.
         progress: ``progress(stage, done, total)``.
 
     Raises:
@@ -226,7 +224,8 @@ def calibrate(
     heldout = [Path(p) for p in heldout]
     if not images:
         raise InputError("no calibration images")
-    session = AdaptiveSession(model, providers, intra_op_threads=threads, calibration=False)
+    session = AdaptiveSession(model, providers, intra_op_threads=threads, calibration=False, backend=backend,
+                              inference_precision=inference_precision)
     info = session.info
     if info.num_pause_points == 0:
         raise InputError(f"{model} has no pause points (a static export): nothing to calibrate")
@@ -281,39 +280,80 @@ def calibrate(
     # 3. held-out check
     check = None
     if heldout:
-        hx = session.load_images(heldout)
-        htargets = load_label_maps(heldout, Path(masks), info.input_size, int(info.config["num_classes"])) if masks else None
-        hcalls = [0]
-        held = BackendEvaluator(
-            session, hx, batch, repeats=0, metric=evaluator.metric, targets=htargets,
-            reference_thresholds=space.nothing_paused,
-        )
-        ref_h = held(reference.thresholds)
-        chosen_h = held(chosen.thresholds) if chosen.thresholds != reference.thresholds else ref_h
-        pair = [chosen_h] if chosen_h is ref_h else [chosen_h, ref_h]
-        total_h = len(pair) * len(held.chunks) * final_rounds
-
-        def tick() -> None:
-            hcalls[0] += 1
-            say("held-out", hcalls[0], total_h)
-
-        held.on_call = tick
-        again = held.remeasure(pair, final_rounds)
-        check = HeldoutCheck(
-            images=[p.name for p in heldout],
-            thresholds=chosen.thresholds,
-            latency=again[0],
-            reference=again[-1],
-            target_ms=float(target_ms),
-            percentile=q,
-            tolerance=float(tolerance),
-            calibration_reference_ms=reference.latency(50),
-        )
+        check = _heldout_check(session, heldout, masks, evaluator.metric, space, reference, chosen, target_ms, q,
+                               tolerance, batch, final_rounds, say)
 
     # 4. write
     out_path = Path(output) if output else calibration_path(model)
     front_keys = {m.thresholds for m in front}
-    data: dict[str, Any] = {
+    data = _document(
+        model, info, session, threads, images, batch, q, repeats, final_rounds, evaluator, masks, space, target_ms,
+        meets, result, search_seconds, max_evals, points, front_keys, chosen, check, presets, floors,
+    )
+    save_calibration(out_path, data)
+    plot_path = None
+    if plot is not None:
+        from avit.calibration.plot import plot_pareto
+
+        plot_path = plot_pareto(data, plot)
+    return CalibrationReport(
+        path=out_path,
+        plot=plot_path,
+        data=data,
+        target_ms=float(target_ms),
+        percentile=q,
+        batch=batch,
+        chosen=chosen,
+        meets_target=meets,
+        reference=reference,
+        fastest=fastest,
+        front=front,
+        presets=presets,
+        heldout=check,
+        evaluations=result.evaluations,
+        timed=evaluator.timed,
+        search_seconds=search_seconds,
+        seconds=time.perf_counter() - t_start,
+    )
+
+
+def _heldout_check(session, heldout, masks, metric, space, reference, chosen, target_ms, q, tolerance, batch,
+                   final_rounds, say) -> HeldoutCheck:
+    """Re-measure the chosen setting and the nothing-paused reference on the held-out images, interleaved."""
+    info = session.info
+    hx = session.load_images(heldout)
+    htargets = load_label_maps(heldout, Path(masks), info.input_size, int(info.config["num_classes"])) if masks else None
+    hcalls = [0]
+    held = BackendEvaluator(session, hx, batch, repeats=0, metric=metric, targets=htargets,
+                            reference_thresholds=space.nothing_paused)
+    ref_h = held(reference.thresholds)
+    chosen_h = held(chosen.thresholds) if chosen.thresholds != reference.thresholds else ref_h
+    pair = [chosen_h] if chosen_h is ref_h else [chosen_h, ref_h]
+    total_h = len(pair) * len(held.chunks) * final_rounds
+
+    def tick() -> None:
+        hcalls[0] += 1
+        say("held-out", hcalls[0], total_h)
+
+    held.on_call = tick
+    again = held.remeasure(pair, final_rounds)
+    return HeldoutCheck(
+        images=[p.name for p in heldout],
+        thresholds=chosen.thresholds,
+        latency=again[0],
+        reference=again[-1],
+        target_ms=float(target_ms),
+        percentile=q,
+        tolerance=float(tolerance),
+        calibration_reference_ms=reference.latency(50),
+    )
+
+
+def _document(model, info, session, threads, images, batch, q, repeats, final_rounds, evaluator, masks, space,
+              target_ms, meets, result, search_seconds, max_evals, points, front_keys, chosen, check, presets,
+              floors) -> dict[str, Any]:
+    """The calibration file's content (schema: :data:`avit.metadata.calibration_schema.CALIBRATION_SCHEMA`)."""
+    return {
         "format": FORMAT,
         "version": VERSION,
         "avit_version": __version__,
@@ -329,6 +369,8 @@ def calibrate(
         "backend": {
             "name": session.backend.name,
             "providers": list(getattr(session.backend, "providers", [])),
+            **({"inference_precision": session.backend.inference_precision}
+               if hasattr(session.backend, "inference_precision") else {}),
             "intra_op_threads": int(threads or 0),
             "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs, {platform.system()}",
         },
@@ -376,28 +418,3 @@ def calibrate(
             for name, m in presets.items()
         },
     }
-    save_calibration(out_path, data)
-    plot_path = None
-    if plot is not None:
-        from avit.calibration.plot import plot_pareto
-
-        plot_path = plot_pareto(data, plot)
-    return CalibrationReport(
-        path=out_path,
-        plot=plot_path,
-        data=data,
-        target_ms=float(target_ms),
-        percentile=q,
-        batch=batch,
-        chosen=chosen,
-        meets_target=meets,
-        reference=reference,
-        fastest=fastest,
-        front=front,
-        presets=presets,
-        heldout=check,
-        evaluations=result.evaluations,
-        timed=evaluator.timed,
-        search_seconds=search_seconds,
-        seconds=time.perf_counter() - t_start,
-    )

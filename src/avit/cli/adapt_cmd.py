@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from avit.cli._app import app, cli_errors, console, fmt_values, log_line, parse_ints, parse_thresholds
+from avit.cli._app import app, cli_errors, console, fmt_values, parse_ints
 from avit.errors import InputError
 
 

@@ -10,8 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from avit.cli._app import app, cli_errors, console, err_console, fmt_values, log_line, parse_ints, parse_thresholds
-from avit.errors import InputError
+from avit.cli._app import app, cli_errors, console, err_console, fmt_values
 
 
 
@@ -23,7 +22,7 @@ def _ms(value: float) -> str:
 @app.command("calibrate")
 @cli_errors
 def calibrate_command(
-    model: Annotated[Path, typer.Argument(help="Adaptive model (.onnx).")],
+    model: Annotated[Path, typer.Argument(help="Adaptive model (.onnx, .xml OpenVINO IR, or .engine).")],
     target_latency_ms: Annotated[float, typer.Option(help="Latency target of one call of --batch images, ms.")],
     percentile: Annotated[float, typer.Option(help="Which percentile of the per-call latency must meet the target.")] = 95.0,
     batch: Annotated[int, typer.Option(min=1, help="Images per call (calibrate at the batch size you deploy).")] = 1,
@@ -40,28 +39,17 @@ def calibrate_command(
     metric: Annotated[Optional[str], typer.Option(help="Quality: iou | pixel | top1 (default: iou for dense outputs, top1 for 1×1).")] = None,
     masks: Annotated[Optional[Path], typer.Option(help="Folder of label maps <image stem>.png: score against them instead of agreement with the full model.")] = None,
     tolerance: Annotated[float, typer.Option(min=0.0, help="Held-out check passes within target × (1 + tolerance).")] = 0.05,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="ONNX Runtime intra-op threads (default: one per core).")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="ONNX Runtime intra-op / OpenVINO inference threads (default: one per core).")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="onnxruntime | openvino | tensorrt (default: by the file: .onnx ONNX Runtime, .xml OpenVINO IR, .engine TensorRT); openvino also runs an .onnx.")] = None,
+    precision: Annotated[Optional[str], typer.Option("--precision", help="OpenVINO inference precision: f32 (default) | bf16 (CPUs with native bfloat16).")] = None,
 ) -> None:
     """Search the per-pause-point thresholds for the best quality that meets a latency target; write presets."""
     from avit.calibration.calibrate import calibrate
-    from avit.metadata.calibration import calibration_path
-    from avit.data.files import image_files, spread
+    from avit.calibration.images import split_images
     from avit.evaluation.latency import percentile_key
+    from avit.metadata.calibration import calibration_path
 
-    if images is None:
-        calib_paths = image_files(None, "train", max_images)
-        held_paths = image_files(heldout, "heldout", max_heldout)
-    else:
-        all_paths = image_files(images, limit=None)
-        if heldout is None:
-            held_all = all_paths[3::4]
-            calib_all = [p for p in all_paths if p not in held_all]
-            if not calib_all or not held_all:
-                raise InputError(f"{images} has {len(all_paths)} image(s): give at least 2, or --heldout DIR")
-            calib_paths, held_paths = spread(calib_all, max_images), spread(held_all, max_heldout)
-        else:
-            calib_paths = spread(all_paths, max_images)
-            held_paths = image_files(heldout, limit=max_heldout)
+    calib_paths, held_paths = split_images(images, heldout, max_images=max_images, max_heldout=max_heldout)
     out_path = output or calibration_path(model)
     plot_path = None if no_plot else (plot or out_path.with_name(out_path.name.removesuffix(".json") + ".png"))
     key = percentile_key(percentile)
@@ -83,7 +71,7 @@ def calibrate_command(
         report = calibrate(
             model, target_latency_ms, calib_paths, heldout=held_paths, batch=batch, percentile=percentile,
             output=out_path, plot=plot_path, max_evals=max_evals, repeats=repeats, final_rounds=final_rounds,
-            metric=metric, masks=masks, tolerance=tolerance, threads=threads, progress=progress,
+            metric=metric, masks=masks, tolerance=tolerance, threads=threads, backend=backend, inference_precision=precision, progress=progress,
         )
 
     q = report.percentile

@@ -6,11 +6,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
-from avit.cli._app import app, cli_errors, console, fmt_values, log_line, parse_ints, parse_thresholds
-from avit.errors import InputError
+from avit.cli._app import app, cli_errors, console
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""``avit export``: checkpoint → ONNX (→ int8 → ONNX Runtime-optimized → TensorRT engine)."""
+"""``avit export``: checkpoint → ONNX (→ OpenVINO IR, int8, ONNX Runtime-optimized, TensorRT engine)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
-from avit.cli._app import app, cli_errors, console, fmt_values, log_line, parse_ints, parse_thresholds
-from avit.errors import InputError
+from avit.cli._app import app, cli_errors, console, log_line
 
 
 @app.command()
 @cli_errors
 def export(
-    model: Annotated[Path, typer.Argument(help="Checkpoint (.ckpt) to export, or an exported .onnx for --trt.")],
+    model: Annotated[Path, typer.Argument(help="Checkpoint (.ckpt) to export, or an exported .onnx for --trt, --quantize, --optimize or --openvino.")],
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="ONNX file to write (default: next to the checkpoint).")] = None,
     static: Annotated[bool, typer.Option("--static", help="Export the same weights without pause points (reference).")] = False,
     check: Annotated[bool, typer.Option("--check/--no-check", help="Parity check PyTorch vs ONNX Runtime before writing.")] = True,
@@ -35,6 +33,7 @@ def export(
     keep_fp32: Annotated[Optional[str], typer.Option(help="--quantize: regular expression of backbone layers to leave fp32, e.g. 'mlp\\.fc2'.")] = None,
     optimize: Annotated[bool, typer.Option("--optimize", help="Also write <model>.ort.onnx: transformer fusions + ONNX Runtime graph optimizations, saved offline (ONNX Runtime only).")] = False,
     opt_level: Annotated[str, typer.Option(help="--optimize: ONNX Runtime level saved: basic | extended | all (all is specific to this machine's CPU).")] = "extended",
+    openvino: Annotated[bool, typer.Option("--openvino", help="Also write <model>.openvino.xml + .bin: the OpenVINO IR (float32 weights) of the fp32 ONNX, parity-checked; run it with avit run/serve (--precision bf16 on CPUs with bfloat16).")] = False,
 ) -> None:
     """Export a checkpoint to ONNX with real token removal and pause thresholds as a graph input."""
     from avit.exporter.pipeline import export_chain
@@ -42,7 +41,7 @@ def export(
     done = export_chain(
         model, output, static=static, check=check, atol=atol, precision=precision, quantize=quantize,
         calib_images=calib_images, calib_count=calib_count, keep_fp32=keep_fp32, optimize=optimize,
-        opt_level=opt_level, trt=trt, engine=engine, min_batch=min_batch, opt_batch=opt_batch,
+        opt_level=opt_level, openvino=openvino, trt=trt, engine=engine, min_batch=min_batch, opt_batch=opt_batch,
         max_batch=max_batch, plugins=plugins, timing_cache=timing_cache, log=log_line,
     )
     if done.export is not None:
@@ -51,6 +50,14 @@ def export(
         console.print(
             f"wrote {escape(str(r.path))} ({r.size_bytes / 1e6:.1f} MB, adaptive ops: {', '.join(r.adaptive_ops) or 'none'}; "
             f"export {r.export_seconds:.0f} s, parity {parity})"
+        )
+    if done.openvino is not None:
+        o = done.openvino
+        parity = (f"{len(o.parity)} settings ok against {o.reference}, max |Δlogits| {max(x.max_abs_diff for x in o.parity):.1e}"
+                  if o.parity else "skipped")
+        console.print(
+            f"wrote {escape(str(o.path))} + {escape(o.weights.name)} (OpenVINO IR, {o.size_bytes / 1e6:.1f} MB, float32 weights, "
+            f"{o.nodes_marked} token-head nodes kept float32 under bf16; parity {parity})"
         )
     if done.quantized is not None:
         console.print(f"wrote {escape(str(done.quantized))} ({quantize}: backbone linear layers; thresholds input unchanged)")

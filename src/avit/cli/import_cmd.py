@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from avit.cli._app import app, cli_errors, console, err_console, fmt_values, log_line, parse_ints, parse_thresholds
+from avit.cli._app import app, cli_errors, console, parse_ints
 from avit.errors import InputError
 
 
@@ -98,6 +98,7 @@ def acmize_command(
     cfg = model.config
     paths = image_files(images, "train", max_images)
     x = torch.from_numpy(load_batch(paths, cfg.img_size, cfg.mean, cfg.std))
+    points = parse_ints(pause_points) if pause_points is not None else None
     acm, report = acmize(
         model, x, learners=learners, pause_points=points, steps=steps, max_tokens=max_tokens, seed=seed,
         log=lambda m: console.print(f"  {escape(m)}"),

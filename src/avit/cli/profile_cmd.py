@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -12,7 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from avit.cli._app import app, cli_errors, console, err_console, fmt_values, log_line, parse_ints, parse_thresholds
+from avit.cli._app import app, cli_errors, console, err_console, fmt_values, parse_ints, parse_thresholds
 from avit.errors import InputError
 
 
@@ -21,14 +20,10 @@ def _ms(value: float) -> str:
     return f"{value:.3g}" if value < 100 else f"{value:.0f}"
 
 
-def _fmt(values) -> str:
-    return ", ".join("inf" if math.isinf(v) else f"{v:.3g}" for v in values)
-
-
 @app.command("profile")
 @cli_errors
 def profile_command(
-    model: Annotated[Path, typer.Argument(help="Adaptive model (.onnx).")],
+    model: Annotated[Path, typer.Argument(help="Adaptive model (.onnx, .xml OpenVINO IR, or .engine).")],
     images: Annotated[Optional[Path], typer.Option(help="Folder of images (or one image). Default: the installed held-out photos.")] = None,
     max_images: Annotated[int, typer.Option(min=1, help="Use at most this many images (evenly spread).")] = 8,
     static: Annotated[Optional[Path], typer.Option(help="Static export of the same weights for the reference row (default: the adaptive model at nothing-paused thresholds).")] = None,
@@ -42,12 +37,13 @@ def profile_command(
     stages: Annotated[bool, typer.Option("--stages/--no-stages", help="Per-stage time from ONNX Runtime's profiler.")] = True,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON here ('-': stdout, nothing else printed).")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG: latency and agreement per setting, tokens kept, time per stage.")] = None,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="ONNX Runtime intra-op threads (default: one per core).")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="ONNX Runtime intra-op / OpenVINO inference threads (default: one per core).")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="onnxruntime | openvino | tensorrt (default: by the file: .onnx ONNX Runtime, .xml OpenVINO IR, .engine TensorRT); openvino also runs an .onnx.")] = None,
+    precision: Annotated[Optional[str], typer.Option("--precision", help="OpenVINO inference precision: f32 (default) | bf16 (CPUs with native bfloat16).")] = None,
 ) -> None:
     """Measure latency (mean, p50-p99), throughput, tokens kept and MACs per threshold setting and batch size."""
     from avit.data.files import image_files
     from avit.profiling.profile import profile
-    from avit.runtime import AdaptiveSession
 
     batches = parse_ints(batch)
     if not batches or min(batches) < 1:
@@ -55,13 +51,7 @@ def profile_command(
     if json_out is None and iters is None and duration is None:
         raise InputError("give --iters or --duration")
     paths = image_files(images, "heldout", max_images)
-    settings = None
-    if thresholds or preset:
-        session = AdaptiveSession(model, calibration=calib if calib else (None if preset else False))
-        settings = [(f"thresholds {_fmt(parse_thresholds(t))}", parse_thresholds(t)) for t in thresholds or []]
-        settings += [(f"preset {name}", list(session.preset(name).thresholds)) for name in preset or []]
-        for _, values in settings:
-            session.thresholds(values)  # validate before measuring
+    settings = [(f"thresholds {fmt_values(parse_thresholds(t), 3)}", parse_thresholds(t)) for t in thresholds or []]
     quiet = json_out is not None and str(json_out) == "-"
     with Progress(
         TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
@@ -69,8 +59,10 @@ def profile_command(
     ) as bar:
         task = bar.add_task("profiling", total=1.0)
         report = profile(
-            model, paths, static=static, batches=batches, settings=settings, iters=iters, duration=duration,
+            model, paths, static=static, batches=batches, settings=settings or None, presets=preset or (),
+            iters=iters, duration=duration,
             warmup=warmup, stages=stages, calibration=calib if calib else None, threads=threads,
+            backend=backend, inference_precision=precision,
             progress=lambda desc, done, total: bar.update(task, description=desc, completed=done, total=total),
         )
     data = report.to_dict()
@@ -83,7 +75,8 @@ def profile_command(
 
         atomic_write(json_out, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
     for b in sorted(report.rounds):
-        table = Table(title=f"{escape(Path(report.model).name)} on {report.backend}, batch {b}: {report.rounds[b]} rounds × {len(report.images)} images; ms per call")
+        on = report.backend + (f" {report.inference_precision}" if report.inference_precision else "")
+        table = Table(title=f"{escape(Path(report.model).name)} on {on}, batch {b}: {report.rounds[b]} rounds × {len(report.images)} images; ms per call")
         for col in ("setting", "thresholds", "tokens", "mean", "p50", "p90", "p95", "p99", "img/s",
                     "speedup", "GMAC/img exec|ideal", "IoU"):
             table.add_column(col, justify="right")
@@ -91,7 +84,7 @@ def profile_command(
             lat = r.latency_ms
             table.add_row(
                 escape(r.label) + (" (ref)" if r.reference else ""),
-                "-" if r.thresholds is None else _fmt(r.thresholds),
+                "-" if r.thresholds is None else fmt_values(r.thresholds, 3),
                 ", ".join(f"{k:.0f}" for k in r.tokens_kept),
                 *(_ms(lat[k]) for k in ("mean", "p50", "p90", "p95", "p99")),
                 f"{r.throughput:.3g}",

@@ -9,21 +9,23 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from avit.cli._app import app, cli_errors, console, fmt_values, log_line, parse_ints, parse_thresholds
+from avit.cli._app import app, cli_errors, console, fmt_values, parse_thresholds
 from avit.errors import InputError
 
 
 @app.command()
 @cli_errors
 def run(
-    model: Annotated[Path, typer.Argument(help="Exported model (.onnx).")],
+    model: Annotated[Path, typer.Argument(help="Exported model (.onnx, .xml OpenVINO IR, or .engine).")],
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
     thresholds: Annotated[Optional[str], typer.Option(help="Pause thresholds (or keep ratios), one per pause point, e.g. 0.2,0.4.")] = None,
     output_dir: Annotated[Optional[Path], typer.Option("-o", "--output-dir", help="Write <image>.mask.png and <image>.overlay.png here.")] = None,
     batch: Annotated[int, typer.Option(min=1, help="Images per call.")] = 1,
     preset: Annotated[Optional[str], typer.Option(help="Calibration preset instead of --thresholds (see avit calibrate), e.g. balanced.")] = None,
     calib: Annotated[Optional[Path], typer.Option(help="Calibration file for --preset (default: <model>.calib.json beside the model).")] = None,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="ONNX Runtime intra-op threads (default: one per core).")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="ONNX Runtime intra-op / OpenVINO inference threads (default: one per core).")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="onnxruntime | openvino | tensorrt (default: by the file: .onnx ONNX Runtime, .xml OpenVINO IR, .engine TensorRT); openvino also runs an .onnx.")] = None,
+    precision: Annotated[Optional[str], typer.Option("--precision", help="OpenVINO inference precision: f32 (default) | bf16 (CPUs with native bfloat16).")] = None,
     batch_layout: Annotated[str, typer.Option(help="auto | padded | per_image: how a batch with different token counts runs (see AdaptiveSession).")] = "auto",
 ) -> None:
     """Run an exported model on images; print tokens kept per pause point and latency."""
@@ -33,10 +35,12 @@ def run(
     if preset is not None and thresholds is not None:
         raise InputError("give --thresholds or --preset, not both")
     session = AdaptiveSession(model, calibration=calib if calib else (None if preset else False),
-                              intra_op_threads=threads, batch_layout=batch_layout)
+                              intra_op_threads=threads, batch_layout=batch_layout, backend=backend,
+                              inference_precision=precision)
     values = session.thresholds(session.preset(preset).thresholds if preset else parse_thresholds(thresholds))
     results = run_files(session, images, values, batch=batch, output_dir=output_dir)
-    table = Table(title=f"{model.name}: {f'preset {preset}, ' if preset else ''}thresholds {fmt_values(values.tolist()) or '-'} ({session.info.policy})")
+    on = session.backend.name + (f" {session.backend.inference_precision}" if hasattr(session.backend, "inference_precision") else "")
+    table = Table(title=f"{model.name} on {on}: {f'preset {preset}, ' if preset else ''}thresholds {fmt_values(values.tolist()) or '-'} ({session.info.policy})")
     table.add_column("image")
     for k in session.info.pause_points:
         table.add_column(f"tokens after block {k}", justify="right")
@@ -50,7 +54,7 @@ def run(
 
 @app.command()
 @cli_errors
-def inspect(path: Annotated[Path, typer.Argument(help="An avit artifact: .onnx or .ckpt.")]) -> None:
+def inspect(path: Annotated[Path, typer.Argument(help="An avit artifact: .onnx, .xml (OpenVINO IR) or .ckpt.")]) -> None:
     """Print what an artifact is: config, pause points, policy, inputs/outputs, opset, metadata."""
     from avit.inspect import describe
 

@@ -1,6 +1,7 @@
-"""``avit serve`` (HTTP service, FastAPI + uvicorn) and ``avit triton-repo`` (Triton model repository).
+"""``avit serve`` (HTTP service, FastAPI + uvicorn), ``avit triton-repo`` (Triton model repository) and
+``avit triton-serve`` (a repository on the tritonserver of PyPI nvidia-pytriton).
 
-Registered on the ``avit`` app of :mod:`avit.cli._app`; :mod:`avit.cli.main` imports this module.
+Registered on the ``avit`` app of :mod:`avit.cli._app`; :mod:`avit.cli.main` imports this module. See docs/serving.md.
 """
 
 from __future__ import annotations
@@ -12,25 +13,34 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from avit.cli._app import app, cli_errors, console, err_console, fmt_values, log_line, parse_ints, parse_thresholds
-from avit.errors import InputError
+from avit.cli._app import app, cli_errors, console, err_console, fmt_values, parse_thresholds
+from avit.errors import AvitError, InputError
 
 
 
 @app.command("serve")
 @cli_errors
 def serve_command(
-    model: Annotated[Path, typer.Argument(help="Model to serve (.onnx, or .engine with TensorRT).")],
+    model: Annotated[Path, typer.Argument(help="Model to serve (.onnx; .xml OpenVINO IR; .engine with TensorRT).")],
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="Model calls that may run at once (threads sharing one session).")] = 1,
     max_batch: Annotated[int, typer.Option(min=1, help="Most images per model call (requests with the same thresholds are batched).")] = 8,
     max_wait_ms: Annotated[float, typer.Option(min=0.0, help="Longest a request waits for others to share its call, ms (0: never wait).")] = 2.0,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="ONNX Runtime intra-op threads (default: one per core).")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="ONNX Runtime intra-op / OpenVINO inference threads (default: one per core).")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="onnxruntime | openvino | tensorrt (default: by the file: .onnx ONNX Runtime, .xml OpenVINO IR, .engine TensorRT); openvino also runs an .onnx.")] = None,
+    precision: Annotated[Optional[str], typer.Option("--precision", help="OpenVINO inference precision: f32 (default) | bf16 (CPUs with native bfloat16).")] = None,
     calibration: Annotated[Optional[Path], typer.Option(help="Calibration file with presets (default: <model>.calib.json if present).")] = None,
+    max_queue: Annotated[int, typer.Option(min=0, help="Requests that may wait beyond the running ones; more are answered 503 at once (Retry-After).")] = 64,
+    timeout_s: Annotated[float, typer.Option(min=0.001, help="Longest time from admission to the answer, s; then 504 and the request is dropped.")] = 60.0,
+    max_upload_mb: Annotated[float, typer.Option(min=0.001, help="Largest upload, MB; larger: 413 before the body is read (Content-Length) or while it streams.")] = 20.0,
     log_level: Annotated[str, typer.Option(help="uvicorn log level: critical|error|warning|info|debug.")] = "info",
 ) -> None:
-    """Serve a model over HTTP: POST /predict (image upload, ?thresholds= | ?preset= | ?latency_budget_ms=), GET /model, GET /health."""
+    """Serve a model over HTTP: POST /predict (image upload, ?thresholds= | ?preset= | ?latency_budget_ms=), GET /model, GET /health.
+
+    Overload: beyond --workers + --max-queue requests in progress a request is answered 503 with Retry-After
+    at once; Ctrl-C answers every admitted request before the server exits.
+    """
     from avit.serving import serve
 
     if log_level not in ("critical", "error", "warning", "info", "debug", "trace"):
@@ -45,6 +55,11 @@ def serve_command(
         workers=workers,
         intra_op_threads=threads,
         calibration=calibration,
+        backend=backend,
+        inference_precision=precision,
+        max_queue=max_queue,
+        timeout_s=timeout_s,
+        max_upload_mb=max_upload_mb,
         announce=lambda line: err_console.print(escape(line)),
     )
 
@@ -52,21 +67,25 @@ def serve_command(
 @app.command("triton-repo")
 @cli_errors
 def triton_repo_command(
-    model: Annotated[Path, typer.Argument(help="Model: .onnx, or a TensorRT .engine (with its .engine.json sidecar).")],
+    model: Annotated[Path, typer.Argument(help="Model: .onnx, a TensorRT .engine (with its .engine.json sidecar) or an OpenVINO .openvino.xml (with its .bin).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Model repository folder to write.")],
+    backend: Annotated[Optional[str], typer.Option(help="Triton backend: python (avit's runtime in Triton; dynamic batching of requests whose thresholds differ) | onnxruntime | tensorrt (default: onnxruntime for .onnx, tensorrt for engines, python for OpenVINO).")] = None,
+    runtime: Annotated[Optional[str], typer.Option(help="--backend python: the avit runtime model.py uses, onnxruntime | openvino (default: openvino for .xml, else onnxruntime).")] = None,
     name: Annotated[Optional[str], typer.Option(help="Model name in Triton (default: the file's stem).")] = None,
-    max_batch: Annotated[int, typer.Option(min=1, help="max_batch_size of the dynamically batched (fixed-threshold) models.")] = 8,
+    max_batch: Annotated[int, typer.Option(min=1, help="max_batch_size of the dynamically batched models (python backend, fixed-threshold models).")] = 8,
     instances: Annotated[int, typer.Option(min=1, help="Model instances (instance_group count).")] = 1,
-    device: Annotated[str, typer.Option(help="Instance kind: auto | cpu | gpu (engines: gpu).")] = "auto",
-    preset: Annotated[Optional[list[str]], typer.Option(help="Also add a dynamically batched model with this calibration preset's thresholds fixed (repeatable; ONNX only).")] = None,
-    fixed: Annotated[Optional[list[str]], typer.Option(help="Also add a dynamically batched model with fixed thresholds, NAME=0.2,0.4 (repeatable; ONNX only).")] = None,
+    device: Annotated[str, typer.Option(help="Instance kind: auto | cpu | gpu (engines: gpu; python backend: auto = cpu).")] = "auto",
+    preset: Annotated[Optional[list[str]], typer.Option(help="Also add a dynamically batched model with this calibration preset's thresholds fixed (repeatable; not for engines).")] = None,
+    fixed: Annotated[Optional[list[str]], typer.Option(help="Also add a dynamically batched model with fixed thresholds, NAME=0.2,0.4 (repeatable; not for engines).")] = None,
     max_queue_delay_us: Annotated[int, typer.Option(min=0, help="Dynamic batcher's max_queue_delay_microseconds.")] = 500,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="onnxruntime intra_op_thread_count per instance.")] = None,
+    max_queue: Annotated[int, typer.Option(min=0, help="Triton queue policy of batching models: most waiting requests, more are rejected at once (0: unbounded).")] = 64,
+    queue_timeout_s: Annotated[float, typer.Option(min=0.0, help="Triton queue policy: longest wait in the queue, s, then rejected (0: no limit).")] = 30.0,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="Intra-op threads per instance (onnxruntime intra_op_thread_count; python: the avit runtime's).")] = None,
     plugins: Annotated[Optional[Path], typer.Option(help="Engines: the avit plugin library the server must load (default: the sidecar's, $AVIT_PLUGIN_LIBRARY, build/plugins).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace model folders that already exist.")] = False,
 ) -> None:
-    """Write a Triton Inference Server model repository (config.pbtxt + model file) for an avit model."""
-    from avit.exporter.triton import write_triton_repository
+    """Write a Triton Inference Server model repository (config.pbtxt + model files) for an avit model."""
+    from avit.serving.triton import write_triton_repository
 
     settings = {}
     for item in fixed or []:
@@ -78,30 +97,62 @@ def triton_repo_command(
         model,
         output,
         name=name,
+        backend=backend,
+        runtime=runtime,
         max_batch=max_batch,
         instances=instances,
         device=device,
         presets=preset or (),
         fixed=settings,
         max_queue_delay_us=max_queue_delay_us,
+        max_queue_size=max_queue,
+        queue_timeout_s=queue_timeout_s,
         intra_op_threads=threads,
         plugin_library=plugins,
         overwrite=overwrite,
     )
     table = Table(title=f"Triton model repository {escape(str(repo.root))}")
-    for col in ("model", "backend", "pause_thresholds", "max_batch_size", "instances"):
+    for col in ("model", "backend", "pause_thresholds", "max_batch_size", "queue", "instances"):
         table.add_column(col)
     for spec in repo.models:
         if spec.fixed_thresholds is not None:
             what = "fixed " + fmt_values(spec.fixed_thresholds)
+        elif spec.backend == "python" and spec.thresholds_input != "none":
+            what = "per image (optional)"
         else:
             what = {"request": "per request", "optional": "per request (optional)", "none": "-"}[spec.thresholds_input]
+        queue = (f"≤ {spec.max_queue_size}" if spec.max_queue_size else "unbounded") if spec.batching else "-"
+        backend_name = spec.backend + (f" ({spec.runtime})" if spec.backend == "python" else "")
         table.add_row(
-            escape(spec.name), spec.backend, what, str(spec.max_batch if spec.batching else 0), f"{spec.instances} × {spec.kind}"
+            escape(spec.name), backend_name, what, str(spec.max_batch if spec.batching else 0), queue, f"{spec.instances} × {spec.kind}"
         )
     console.print(table)
-    start = f"tritonserver --model-repository={repo.root.resolve()}"
+    if repo.models[0].backend == "python":
+        start = f"avit triton-serve {repo.root}"
+    else:
+        start = f"tritonserver --model-repository={repo.root.resolve()}"
     if repo.models[0].backend == "tensorrt":
         lib = repo.plugin_library.resolve() if repo.plugin_library else "/path/to/libavit_plugins.so"
         start += f' --backend-config=tensorrt,plugins="{lib}"'
     console.print(f"start it with: {escape(start)}  (more in {escape(str(repo.readme))})")
+
+
+@app.command("triton-serve")
+@cli_errors
+def triton_serve_command(
+    repository: Annotated[Path, typer.Argument(help="Model repository written by avit triton-repo --backend python.")],
+    host: Annotated[str, typer.Option(help="Address both endpoints listen on (loopback by default).")] = "127.0.0.1",
+    http_port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP/REST port (KServe v2 protocol).")] = 8000,
+    grpc_port: Annotated[int, typer.Option(min=1, max=65535, help="gRPC port.")] = 8001,
+    log: Annotated[Optional[Path], typer.Option(help="Write the server's log here (default: a temporary file).")] = None,
+    timeout_s: Annotated[float, typer.Option(min=1.0, help="Longest wait for every model to load, s.")] = 300.0,
+) -> None:
+    """Run a python-backend model repository with the tritonserver bundled in PyPI nvidia-pytriton (until Ctrl-C)."""
+    from avit.serving.triton import serve_repository
+
+    code = serve_repository(
+        repository, host=host, http_port=http_port, grpc_port=grpc_port, log=log, timeout_s=timeout_s,
+        announce=lambda line: err_console.print(escape(line)),
+    )
+    if code not in (0, None):
+        raise AvitError(f"tritonserver exited with {code}" + (f" (log: {log})" if log else ""))

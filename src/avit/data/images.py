@@ -29,8 +29,10 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise InputError(f"cannot read image {path}: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise InputError(f"cannot read image {path}: not an image format Pillow knows") from exc
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read image {path}: {_reason(exc)}") from exc
 
 
 def decode_image(data: bytes, name: str = "image") -> np.ndarray:
@@ -46,8 +48,18 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as im:
             return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise InputError(f"cannot decode {name} as an image: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+    except UnidentifiedImageError as exc:
+        raise InputError(f"cannot decode {name} as an image: not an image format Pillow knows") from exc
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"cannot decode {name} as an image: {_reason(exc)}") from exc
+
+
+def _reason(exc: Exception) -> str:
+    """The first line of an exception's message with object reprs (``<… at 0x…>``) removed."""
+    import re
+
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", text).strip() or type(exc).__name__
 
 
 def preprocess(

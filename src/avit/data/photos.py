@@ -65,9 +65,11 @@ def source_dir(source: str) -> Path | None:
 
 
 def find_photos(split: str = "all", sources: Iterable[str] = ("skimage", "opencv-doc")) -> list[Path]:
-    """Paths of the installed photos of ``split`` (``"train"``, ``"heldout"`` or ``"all"``), sorted.
+    """Paths of the installed photos of ``split`` (``"train"``, ``"heldout"`` or ``"all"``).
 
-    Sources that are not installed contribute nothing.
+    Sources come in the order given — pip-installable ones first by default, so ``find_photos(...)[:n]``
+    is the same on every machine that has them — each sorted by file name. Sources that are not
+    installed contribute nothing.
 
     Raises:
         ValueError: unknown split or source.
@@ -79,11 +81,10 @@ def find_photos(split: str = "all", sources: Iterable[str] = ("skimage", "opencv
         folder = source_dir(source)
         if folder is None:
             continue
+        mine = []
         for name in PHOTOS[source]:
             path = folder / name
-            if not path.is_file():
-                continue
-            held = name in HELD_OUT
-            if split == "all" or (split == "heldout") == held:
-                found.append(path)
-    return sorted(found, key=lambda p: p.name)
+            if path.is_file() and (split == "all" or (split == "heldout") == (name in HELD_OUT)):
+                mine.append(path)
+        found += sorted(mine, key=lambda p: p.name)
+    return found

@@ -21,20 +21,18 @@ def pixel_agreement(pred: np.ndarray, ref: np.ndarray) -> float:
 
 
 def mean_iou(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> float:
-    """IoU of the foreground (``num_classes <= 2``) or mean IoU over classes present in either map.
+    """The one IoU rule of avit, over whatever ``pred`` / ``ref`` (int label maps of one shape) hold.
 
-    An empty union counts as perfect agreement (IoU 1).
+    * ``num_classes <= 2`` (saliency: one sigmoid channel, or two classes): the IoU of label 1, the
+      salient mask; 1 when neither map has any;
+    * more classes: the mean over the classes present in either map of the per-class IoU.
     """
-    classes = [1] if num_classes <= 2 else range(num_classes)
+    classes = [1] if num_classes <= 2 else np.union1d(np.unique(pred), np.unique(ref)).tolist()
     ious = []
     for c in classes:
         a, b = pred == c, ref == c
         union = np.logical_or(a, b).sum()
-        if union == 0:
-            if num_classes <= 2:
-                ious.append(1.0)
-            continue
-        ious.append(np.logical_and(a, b).sum() / union)
+        ious.append(1.0 if union == 0 else np.logical_and(a, b).sum() / union)
     return float(np.mean(ious)) if ious else 1.0
 
 
@@ -55,6 +53,14 @@ def probability_mae(pred_logits: np.ndarray, ref_logits: np.ndarray) -> float:
     """
     diff = np.abs(probabilities(pred_logits) - probabilities(ref_logits))
     return float(diff.mean() if pred_logits.shape[1] == 1 else diff.sum(axis=1).mean() / 2)
+
+
+def per_image(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel agreement and IoU (:func:`mean_iou`'s rule) of each image: int ``[B, H, W]`` label maps →
+    ``(pixel, iou)``, float64 ``[B]`` each."""
+    pixel = np.array([pixel_agreement(p, r) for p, r in zip(pred, ref)], dtype=np.float64)
+    iou = np.array([mean_iou(p, r, num_classes) for p, r in zip(pred, ref)], dtype=np.float64)
+    return pixel, iou
 
 
 def agreement(pred_logits: np.ndarray, ref_logits: np.ndarray) -> dict[str, float]:

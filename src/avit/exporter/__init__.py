@@ -1,7 +1,8 @@
-"""Checkpoint → ONNX (and TensorRT engines): :func:`export_onnx`, parity checks; Triton repositories.
+"""Checkpoint → ONNX (and TensorRT engines): :func:`export_onnx`, parity checks.
 
-The names below are imported on first use (PEP 562), so torch-free submodules such as
-:mod:`avit.exporter.triton` (``avit triton-repo``) do not pay for importing PyTorch.
+The names below are imported on first use (PEP 562), so torch-free submodules (e.g.
+:mod:`avit.exporter.tensorrt`) do not pay for importing PyTorch. Triton model repositories are written
+by :mod:`avit.serving.triton`.
 """
 
 from __future__ import annotations

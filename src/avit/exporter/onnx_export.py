@@ -40,6 +40,7 @@ from avit._io import atomic_write
 from avit.errors import ExportError
 from avit.exporter.parity import ParityRow, check_parity
 from avit.metadata import build_metadata
+from avit.metadata.onnx_file import set_metadata
 from avit.models import AdaptiveViT
 from avit.ops import ONNX_OPSET, attach_functions, custom_translation_table
 
@@ -173,8 +174,7 @@ def to_onnx_proto(model: AdaptiveViT, source: dict | None = None, precision: str
         precision=precision,
     )
     del proto.metadata_props[:]
-    for key, value in meta.items():
-        proto.metadata_props.add(key=key, value=value)
+    set_metadata(proto, meta)
     proto.producer_name, proto.producer_version = "avit", __version__
     try:
         onnx.checker.check_model(proto, full_check=False)

@@ -42,7 +42,7 @@ import onnx
 from avit._io import atomic_write
 from avit.errors import ArtifactError, ExportError, InputError
 from avit.evaluation.parity import ParityRow, Runner, compare, failure_message, probe_stable_threshold, threshold_settings
-from avit.exporter.artifact import read_onnx
+from avit.metadata.onnx_file import read_onnx, set_metadata
 from avit.metadata import ModelInfo
 
 #: Metadata key recording an offline optimization (JSON: fusions, level, onnxruntime version).
@@ -216,15 +216,10 @@ def optimize_onnx(
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ExportError(f"ONNX Runtime could not load the fused graph of {src.name}: {str(exc).strip().splitlines()[0][:200]}") from exc
         saved = onnx.load(str(saved_path))
-        have = {p.key: p.value for p in saved.metadata_props}
-        for key, value in props.items():  # keep every metadata entry, whatever the savers did with them
-            if have.get(key) != value:
-                entry = saved.metadata_props.add()
-                entry.key, entry.value = key, value
-        entry = saved.metadata_props.add()
-        entry.key = METADATA_KEY
-        entry.value = json.dumps({"fusions": fusions, "level": level, "onnxruntime": ort.__version__,
-                                  "execution_provider": "CPUExecutionProvider"})
+        record = json.dumps({"fusions": fusions, "level": level, "onnxruntime": ort.__version__,
+                             "execution_provider": "CPUExecutionProvider"})
+        # every metadata entry kept, whatever the savers did with them, plus the record
+        set_metadata(saved, {**props, METADATA_KEY: record})
         onnx.save(saved, str(saved_path))
         parity: list[ParityRow] = []
         if check:

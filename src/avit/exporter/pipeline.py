@@ -1,7 +1,8 @@
-"""The export chain behind ``avit export``: checkpoint → ONNX → int8 → ONNX Runtime-optimized → TensorRT.
+"""The export chain behind ``avit export``: checkpoint → ONNX (→ OpenVINO IR) → int8 → ONNX Runtime-optimized → TensorRT.
 
 :func:`export_chain` checks the options together (before anything runs), names every output after the
-source (``m.ckpt`` → ``m.onnx``, ``m.static.onnx``, ``m.fp16.onnx``; then ``<onnx>.int8.onnx`` /
+source (``m.ckpt`` → ``m.onnx``, ``m.static.onnx``, ``m.fp16.onnx``; then ``<onnx>.openvino.xml`` + ``.bin``
+from the fp32 ONNX, ``<onnx>.int8.onnx`` /
 ``.int8-dynamic.onnx``, ``<…>.ort.onnx``, ``<…>.engine``) and runs the stages in order, each one starting
 from the previous one's file. Messages name the options as ``avit export`` spells them. Every stage writes atomically after its own check, so a failure leaves the
 files of the stages before it, complete, and nothing of its own.
@@ -29,6 +30,7 @@ class ChainReport:
     Attributes:
         onnx: The ONNX model every later stage started from (exported now, or given).
         export: :class:`~avit.exporter.onnx_export.ExportReport` when a checkpoint was exported.
+        openvino: :class:`~avit.exporter.openvino_export.OpenVINOExportReport` (``--openvino``).
         quantized: The int8 model (``--quantize``).
         optimize: :class:`~avit.exporter.optimize.OptimizeReport` (``--optimize``).
         engine: :class:`~avit.exporter.tensorrt.EngineReport` (``--trt``).
@@ -36,6 +38,7 @@ class ChainReport:
 
     onnx: Path
     export: Any = None
+    openvino: Any = None
     quantized: Path | None = None
     optimize: Any = None
     engine: Any = None
@@ -44,6 +47,7 @@ class ChainReport:
     def written(self) -> list[Path]:
         """Every file written, in order (an engine's sidecar included)."""
         paths = [self.export.path] if self.export is not None else []
+        paths += [self.openvino.weights, self.openvino.path] if self.openvino is not None else []
         paths += [self.quantized] if self.quantized is not None else []
         paths += [self.optimize.path] if self.optimize is not None else []
         if self.engine is not None:
@@ -57,7 +61,7 @@ def default_onnx_path(checkpoint: str | os.PathLike, *, static: bool = False, pr
     return Path(checkpoint).with_suffix(f"{tag}.onnx")
 
 
-def _check_options(source: Path, precision, quantize, optimize, trt) -> None:
+def _check_options(source: Path, precision, quantize, optimize, trt, openvino=False) -> None:
     if precision not in (None, *PRECISIONS):
         raise InputError(f"--precision must be fp32 or fp16, got {precision!r}")
     if quantize not in (None, *QUANTIZE_MODES):
@@ -66,8 +70,12 @@ def _check_options(source: Path, precision, quantize, optimize, trt) -> None:
         raise InputError("--quantize starts from the fp32 export; drop --precision fp16")
     if quantize == "int8-dynamic" and trt:
         raise InputError("--quantize int8-dynamic is ONNX Runtime only; for --trt use --quantize int8 (static QDQ)")
-    if source.suffix.lower() == ".onnx" and not (trt or quantize or optimize):
-        raise InputError(f"{source} is already ONNX; pass --trt, --quantize or --optimize to derive from it, or give a .ckpt")
+    if openvino and precision == "fp16":
+        raise InputError("--openvino starts from the fp32 export (OpenVINO picks its own inference precision); drop --precision fp16")
+    if source.suffix.lower() == ".onnx" and not (trt or quantize or optimize or openvino):
+        raise InputError(
+            f"{source} is already ONNX; pass --trt, --quantize, --optimize or --openvino to derive from it, or give a .ckpt"
+        )
     if source.suffix.lower() == ".onnx" and not source.is_file():
         raise InputError(f"model not found: {source}")
 
@@ -86,6 +94,7 @@ def export_chain(
     keep_fp32: str | None = None,
     optimize: bool = False,
     opt_level: str = "extended",
+    openvino: bool = False,
     trt: bool = False,
     engine: str | os.PathLike | None = None,
     min_batch: int = 1,
@@ -109,6 +118,8 @@ def export_chain(
             expression of backbone layers left fp32 (:func:`~avit.exporter.quantize.quantize_onnx`).
         optimize, opt_level: Also write the ONNX Runtime-optimized graph
             (:func:`~avit.exporter.optimize.optimize_onnx`).
+        openvino: Also write the OpenVINO IR of the fp32 ONNX (:func:`~avit.exporter.openvino_export.export_openvino`),
+            checked against PyTorch when a checkpoint was exported, else against ONNX Runtime.
         trt, engine, min_batch, opt_batch, max_batch, plugins, timing_cache: Also build a TensorRT engine
             (:func:`~avit.exporter.tensorrt.build_engine`; ``opt_batch`` defaults to ``min_batch``).
         log: Progress lines.
@@ -119,13 +130,18 @@ def export_chain(
     Raises:
         InputError: options that do not go together, a missing source.
         CheckpointError, ExportError, ArtifactError: from the stages.
-        BackendUnavailableError: TensorRT missing for ``trt``; its message names the ONNX that is ready.
+        BackendUnavailableError: TensorRT missing for ``trt`` (its message names the ONNX that is ready), or
+            OpenVINO missing for ``openvino`` (checked before anything runs).
     """
     source = Path(source)
-    _check_options(source, precision, quantize, optimize, trt)
+    _check_options(source, precision, quantize, optimize, trt, openvino)
+    if openvino:
+        from avit.runtime.openvino_backend import import_openvino
+
+        import_openvino()  # before a long export: one line naming the extra to install
     if source.suffix.lower() == ".onnx":
         if precision is not None:
-            from avit.exporter.artifact import read_onnx
+            from avit.metadata.onnx_file import read_onnx
 
             have = read_onnx(source)[1].precision
             if have != precision:
@@ -143,6 +159,12 @@ def export_chain(
         exported = export_onnx(net, path, check=check, atol=atol, source=meta, precision=precision, log=log)
         report = ChainReport(onnx=exported.path, export=exported)
     current = report.onnx
+    if openvino:
+        from avit.exporter.openvino_export import export_openvino
+
+        report.openvino = export_openvino(
+            report.onnx, model=None if report.export is None else net, check=check, atol=atol if atol is not None else 1e-4, log=log
+        )
     if quantize:
         from avit.data.files import image_files
         from avit.exporter.quantize import quantize_onnx

@@ -33,7 +33,7 @@ import onnx
 
 from avit._io import atomic_write
 from avit.errors import ArtifactError, InputError
-from avit.exporter.artifact import read_onnx
+from avit.metadata.onnx_file import read_onnx, set_metadata
 from avit.metadata import ModelInfo
 
 #: Name scopes of the linear layers that are quantized.
@@ -204,9 +204,7 @@ def quantize_onnx(
             if keep_fp32:
                 what += f"; kept fp32: {keep_fp32}"
             q = onnx.load(str(out))
-            entry = q.metadata_props.add()
-            entry.key, entry.value = METADATA_KEY, what
-            onnx.save(q, tmp)
+            onnx.save(set_metadata(q, {METADATA_KEY: what}), tmp)
 
     return atomic_write(dst, write)
 

@@ -35,7 +35,7 @@ import onnx
 
 from avit._io import atomic_write, file_sha256
 from avit.errors import ArtifactError, BackendUnavailableError, ExportError, InputError
-from avit.exporter.artifact import read_onnx
+from avit.metadata.onnx_file import read_onnx
 from avit.metadata import ModelInfo
 from avit.runtime.tensorrt import (
     EngineSidecar,

@@ -10,7 +10,7 @@ backend and machine. Its ``presets`` are threshold settings with the latency mea
 ``fast``        … ≥ 0.90 ×
 ==============  ==================================================================================
 
-(the floors are :data:`avit.calibration.search.PRESET_FLOORS`). Torch-free: the runtime loads presets.
+(the floors are :data:`avit.calibration.choice.PRESET_FLOORS`). Torch-free: the runtime loads presets.
 """
 
 from __future__ import annotations

@@ -43,14 +43,13 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from avit.errors import CheckpointError, ConfigError
 from avit.models.config import AdaptiveViTConfig
+from avit.models.layers import resample_pos_embed
 from avit.models.vit import AdaptiveViT
 
 #: Layouts :func:`import_state_dict` knows.
@@ -128,16 +127,6 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def resample_abs_pos_embed(posemb: torch.Tensor, new_size: tuple[int, int], old_size: tuple[int, int]) -> torch.Tensor:
-    """float ``[1, h·w, D]`` patch position embedding → ``[1, H·W, D]``: bicubic, antialias, float32 (as timm)."""
-    if tuple(new_size) == tuple(old_size):
-        return posemb
-    dim = posemb.shape[-1]
-    grid = posemb.float().reshape(1, old_size[0], old_size[1], dim).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=tuple(new_size), mode="bicubic", antialias=True, align_corners=False)
-    return grid.permute(0, 2, 3, 1).reshape(1, -1, dim).to(posemb.dtype)
-
-
 def _square(n: int) -> int | None:
     r = math.isqrt(n) if n > 0 else 0
     return r if r > 0 and r * r == n else None
@@ -239,7 +228,7 @@ def _map_timm(
     if reg and embedded == 1 + reg:
         out["reg_token"] = out["reg_token"] + pos[:, 1 : 1 + reg]
         notes.append(f"register position embeddings folded into reg_token ({reg} registers)")
-    patch_pos = resample_abs_pos_embed(pos[:, embedded:], cfg.grid_size, grid)
+    patch_pos = resample_pos_embed(pos[:, embedded:], cfg.grid_size, grid, antialias=True)
     if tuple(grid) != tuple(cfg.grid_size):
         notes.append(f"pos_embed resampled from a {grid[0]}×{grid[1]} to a {cfg.grid_size[0]}×{cfg.grid_size[1]} grid (bicubic, antialias)")
     out["pos_embed"] = torch.cat([cls_pos, patch_pos], dim=1) if cfg.class_token else patch_pos

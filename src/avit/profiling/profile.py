@@ -84,6 +84,7 @@ class ProfileReport:
     rounds: dict[int, int]
     seconds: float
     stages_note: str
+    inference_precision: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (``avit profile --json``)."""
@@ -95,6 +96,7 @@ class ProfileReport:
             "reference": self.reference,
             "backend": self.backend,
             "providers": self.providers,
+            "inference_precision": self.inference_precision,
             "images": self.images,
             "rounds": {str(b): r for b, r in self.rounds.items()},
             "seconds": round(self.seconds, 3),
@@ -137,6 +139,7 @@ def profile(
     static: str | os.PathLike | None = None,
     batches: Sequence[int] = (1,),
     settings: Sequence[tuple[str, Sequence[float]]] | None = None,
+    presets: Sequence[str] = (),
     iters: int | None = 10,
     duration: float | None = None,
     warmup: int = 1,
@@ -145,6 +148,8 @@ def profile(
     calibration: str | os.PathLike | bool | None = None,
     providers: Sequence[str] | None = None,
     threads: int | None = None,
+    backend: str | None = None,
+    inference_precision: str | None = None,
     progress: Callable[[str, float, float], None] | None = None,
 ) -> ProfileReport:
     """Measure ``model`` on ``images`` at every setting and batch size (see the module docstring).
@@ -154,14 +159,17 @@ def profile(
         images: Image files (token counts depend on content: use real images).
         static: Static export of the same weights for the reference row; None = nothing-paused thresholds.
         batches: Batch sizes.
-        settings: ``(label, thresholds)``; None = :func:`default_settings`.
+        settings: ``(label, thresholds)``; None (and no ``presets``) = :func:`default_settings`.
+        presets: Names of calibration presets to profile after ``settings`` (labelled "preset NAME").
         iters: Timed rounds per batch size (None: until ``duration``).
         duration: Seconds per batch size for the timed rounds (None: ``iters`` rounds).
         warmup: Untimed rounds first.
         stages: Also time each stage with the backend's profiler (ONNX Runtime only).
         stage_repeats: Profiled calls per setting and batch size.
         calibration: Calibration file for presets (see :class:`AdaptiveSession`).
-        providers, threads: ONNX Runtime execution providers and intra-op threads.
+        providers, threads: ONNX Runtime execution providers and intra-op (OpenVINO: inference) threads.
+        backend, inference_precision: See :class:`~avit.runtime.AdaptiveSession` (e.g. ``"openvino"``,
+            ``"bf16"``); ``static`` runs on the same backend and precision.
         progress: ``progress(description, done, total)``.
 
     Raises:
@@ -179,11 +187,12 @@ def profile(
     if not paths:
         raise InputError("no images to profile on")
     say = progress or (lambda desc, done, total: None)
-    session = AdaptiveSession(model, providers, intra_op_threads=threads, calibration=calibration)
+    options = {"backend": backend, "inference_precision": inference_precision}
+    session = AdaptiveSession(model, providers, intra_op_threads=threads, calibration=calibration, **options)
     info = session.info
     if info.num_pause_points == 0:
         raise InputError(f"{model} has no pause points (a static export); pass it as --static and profile the adaptive model")
-    ref_session = AdaptiveSession(static, providers, intra_op_threads=threads, calibration=False) if static else None
+    ref_session = AdaptiveSession(static, providers, intra_op_threads=threads, calibration=False, **options) if static else None
     if ref_session is not None:
         if ref_session.info.num_pause_points:
             raise InputError(f"--static {static} has pause points; give the static export (avit export --static)")
@@ -192,7 +201,8 @@ def profile(
     cfg = AdaptiveViTConfig.from_dict(info.config)
     static_cfg = AdaptiveViTConfig.from_dict(ref_session.info.config) if ref_session else None
     nothing = [info.nothing_paused] * info.num_pause_points
-    chosen = [(label, [float(str(v)) for v in session.thresholds(t)]) for label, t in (settings or default_settings(session))]
+    named = list(settings or []) + [(f"preset {name}", list(session.preset(name).thresholds)) for name in presets]
+    chosen = [(label, [float(str(v)) for v in session.thresholds(t)]) for label, t in (named or default_settings(session))]
 
     # (label, session, thresholds, is_reference)
     entries: list[tuple[str, AdaptiveSession, list[float] | None, bool]] = []
@@ -215,31 +225,7 @@ def profile(
             results = [sess.run(c, t) for c in chunks]
             outputs.append((np.concatenate([r.logits for r in results])[:n], [r.tokens_kept for r in results]))
         ref_logits = outputs[0][0]
-        samples = [[] for _ in entries]
-        round_totals = [[] for _ in entries]
-        t0 = time.perf_counter()
-        r = done = 0
-        while True:
-            timed = r >= warmup
-            totals = [0.0] * len(entries)
-            for c in chunks:
-                for i, (_, sess, t, _) in enumerate(entries):
-                    ms = sess.run(c, t).latency_ms
-                    totals[i] += ms
-                    if timed:
-                        samples[i].append(ms)
-            r += 1
-            if not timed:
-                t0 = time.perf_counter()
-                continue
-            done += 1
-            for i in range(len(entries)):
-                round_totals[i].append(totals[i])
-            elapsed = time.perf_counter() - t0
-            frac = max(done / iters if iters else 0.0, elapsed / duration if duration else 0.0)
-            say(f"batch {b}: {done} rounds", min(frac, 1.0), 1.0)
-            if frac >= 1.0 and done >= min(2, iters or 2):
-                break
+        samples, round_totals, done = _timed_rounds(entries, chunks, b, warmup, iters, duration, say)
         rounds_done[b] = done
         ref_rounds = np.asarray(round_totals[0])
         for i, (label, sess, t, is_ref) in enumerate(entries):
@@ -273,32 +259,7 @@ def profile(
                 )
             )
 
-    note = ""
-    if stages:
-        if session.backend.name != "onnxruntime":
-            note = f"per-stage timing is not exposed by the {session.backend.name} backend"
-        else:
-            from avit.profiling.ort_profiler import profile_stages
-
-            note = (
-                "per-stage kernel time from ONNX Runtime's profiler (a separate profiled session, "
-                f"{stage_repeats} calls per setting on the first batch of images; profiler overhead included)"
-            )
-            say("stages (ONNX Runtime profiler)", 0.0, 1.0)
-            for static_rows in (True, False):
-                group = [row for row in rows if (row.thresholds is None) == static_rows]
-                if not group:
-                    continue
-                sess = ref_session if static_rows else session
-                feeds = []
-                for row in group:
-                    feed = {"images": _chunks(x, row.batch)[0][0]}
-                    if row.thresholds is not None:
-                        feed["pause_thresholds"] = np.asarray(row.thresholds, dtype=np.float32)
-                    feeds.append(feed)
-                times = profile_stages(sess.path, sess.info, feeds, repeats=stage_repeats, providers=providers, threads=threads)
-                for row, stage_ms in zip(group, times):
-                    row.stages_ms = stage_ms
+    note = _add_stages(rows, session, ref_session, x, stage_repeats, providers, threads, say) if stages else ""
     say("done", 1.0, 1.0)
     return ProfileReport(
         model=str(model),
@@ -306,9 +267,68 @@ def profile(
         reference=reference_desc,
         backend=session.backend.name,
         providers=list(getattr(session.backend, "providers", [])),
+        inference_precision=getattr(session.backend, "inference_precision", None),
         images=[p.name for p in paths],
         rows=rows,
         rounds=rounds_done,
         seconds=time.perf_counter() - t_start,
         stages_note=note,
+    )
+
+
+def _timed_rounds(entries, chunks, batch, warmup, iters, duration, say):
+    """Interleaved timing: each round runs every chunk at every entry in turn, so all entries see the same
+    machine load. Returns ``(samples, round_totals, rounds)``: per entry the ms of every call and of every
+    round; rounds stop at ``iters`` or after ``duration`` seconds (at least 2)."""
+    samples = [[] for _ in entries]
+    round_totals = [[] for _ in entries]
+    t0 = time.perf_counter()
+    r = done = 0
+    while True:
+        timed = r >= warmup
+        totals = [0.0] * len(entries)
+        for c in chunks:
+            for i, (_, sess, t, _) in enumerate(entries):
+                ms = sess.run(c, t).latency_ms
+                totals[i] += ms
+                if timed:
+                    samples[i].append(ms)
+        r += 1
+        if not timed:
+            t0 = time.perf_counter()
+            continue
+        done += 1
+        for i in range(len(entries)):
+            round_totals[i].append(totals[i])
+        elapsed = time.perf_counter() - t0
+        frac = max(done / iters if iters else 0.0, elapsed / duration if duration else 0.0)
+        say(f"batch {batch}: {done} rounds", min(frac, 1.0), 1.0)
+        if frac >= 1.0 and done >= min(2, iters or 2):
+            return samples, round_totals, done
+
+
+def _add_stages(rows, session, ref_session, x, stage_repeats, providers, threads, say) -> str:
+    """Per-stage kernel time (ONNX Runtime's profiler) into ``row.stages_ms``; returns the note to report."""
+    if session.backend.name != "onnxruntime":
+        return f"per-stage timing is not exposed by the {session.backend.name} backend"
+    from avit.profiling.ort_profiler import profile_stages
+
+    say("stages (ONNX Runtime profiler)", 0.0, 1.0)
+    for static_rows in (True, False):
+        group = [row for row in rows if (row.thresholds is None) == static_rows]
+        if not group:
+            continue
+        sess = ref_session if static_rows else session
+        feeds = []
+        for row in group:
+            feed = {"images": _chunks(x, row.batch)[0][0]}
+            if row.thresholds is not None:
+                feed["pause_thresholds"] = np.asarray(row.thresholds, dtype=np.float32)
+            feeds.append(feed)
+        times = profile_stages(sess.path, sess.info, feeds, repeats=stage_repeats, providers=providers, threads=threads)
+        for row, stage_ms in zip(group, times):
+            row.stages_ms = stage_ms
+    return (
+        "per-stage kernel time from ONNX Runtime's profiler (a separate profiled session, "
+        f"{stage_repeats} calls per setting on the first batch of images; profiler overhead included)"
     )

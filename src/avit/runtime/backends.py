@@ -3,6 +3,10 @@
 * :class:`OnnxRuntimeBackend` — ``.onnx`` files, any ONNX Runtime execution provider.
 * :class:`TensorRTBackend` — ``.engine`` files built by ``avit export --trt`` (TensorRT and cuda-python
   imported lazily; without them the session says so in one line).
+* :class:`~avit.runtime.openvino_backend.OpenVINOBackend` — OpenVINO IRs (``.xml``) written by
+  ``avit export --openvino``, or an avit ``.onnx`` with ``backend="openvino"`` (OpenVINO imported lazily).
+
+:func:`open_backend` picks the backend by the file's suffix unless one is named.
 """
 
 from __future__ import annotations
@@ -215,30 +219,72 @@ class TensorRTBackend:
         return outputs["logits"], outputs["tokens_kept"].astype(np.int64, copy=False)
 
 
+#: Values of ``open_backend(backend=...)`` / ``AdaptiveSession(backend=...)`` (None: by the file's suffix).
+BACKENDS = ("onnxruntime", "openvino", "tensorrt")
+_BY_SUFFIX = {".onnx": "onnxruntime", ".xml": "openvino", ".engine": "tensorrt", ".plan": "tensorrt", ".trt": "tensorrt"}
+
+
 def open_backend(
     path: str | os.PathLike,
     providers: Sequence[str] | None = None,
     intra_op_threads: int | None = None,
     inter_op_threads: int | None = None,
     plugin_library: str | os.PathLike | None = None,
+    *,
+    backend: str | None = None,
+    inference_precision: str | None = None,
 ) -> Backend:
-    """The backend for ``path`` by its suffix.
+    """The backend for ``path``: ``backend`` if given, else by the suffix (``.onnx`` ONNX Runtime, ``.xml``
+    OpenVINO, ``.engine`` / ``.plan`` / ``.trt`` TensorRT).
 
-    ``plugin_library`` (engines only): see :class:`TensorRTBackend`.
+    Args:
+        path: The model file.
+        providers, inter_op_threads: ONNX Runtime only.
+        intra_op_threads: ONNX Runtime intra-op threads, or OpenVINO's inference threads.
+        plugin_library: Engines only; see :class:`TensorRTBackend`.
+        backend: One of :data:`BACKENDS`; ``"openvino"`` also opens an avit ``.onnx`` (inlined at load).
+        inference_precision: OpenVINO only: ``"f32"`` (default) or ``"bf16"``.
 
     Raises:
-        ArtifactError: missing file or unknown suffix.
-        BackendUnavailableError: ``.engine`` without TensorRT (or cuda-python, or a GPU).
+        ArtifactError: missing file, unknown suffix.
+        InputError: unknown ``backend``, a backend that cannot open this kind of file, or an option of
+            another backend (``inference_precision`` without OpenVINO, ``providers`` with it).
+        BackendUnavailableError: the backend's package (TensorRT, OpenVINO) is not installed, or no GPU.
     """
+    from avit.errors import InputError
+
     path = Path(path)
+    if backend is not None and backend not in BACKENDS:
+        raise InputError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
     if not path.is_file():
         raise ArtifactError(f"model not found: {path}")
     suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        return OnnxRuntimeBackend(path, providers, intra_op_threads, inter_op_threads)
-    if suffix in (".engine", ".plan", ".trt"):
+    by_suffix = _BY_SUFFIX.get(suffix)
+    if by_suffix is None:
+        raise ArtifactError(f"{path} is not an avit artifact (expected .onnx, .xml (OpenVINO IR) or .engine)")
+    name = backend or by_suffix
+    if name != by_suffix and not (name == "openvino" and suffix == ".onnx"):
+        hint = {"tensorrt": "build an engine with 'avit export MODEL.onnx --trt'",
+                "openvino": "write an IR with 'avit export MODEL.onnx --openvino'",
+                "onnxruntime": "ONNX Runtime runs .onnx files"}[name]
+        raise InputError(f"the {name} backend cannot open {path.name} ({hint})")
+    if inference_precision is not None and name != "openvino":
+        raise InputError(
+            f"inference precision {inference_precision} applies to the openvino backend (--backend openvino), not {name}"
+        )
+    if name == "openvino":
+        if providers:
+            raise InputError("execution providers are ONNX Runtime's; the openvino backend runs on the CPU")
+        from avit.runtime.openvino_backend import OpenVINOBackend, import_openvino
+
         try:
-            return TensorRTBackend(path, plugin_library)
+            import_openvino()
         except BackendUnavailableError as exc:
             raise BackendUnavailableError(f"{exc}, so {path.name} cannot run here") from exc
-    raise ArtifactError(f"{path} is not an avit artifact (expected .onnx or .engine)")
+        return OpenVINOBackend(path, inference_precision or "f32", intra_op_threads)
+    if name == "onnxruntime":
+        return OnnxRuntimeBackend(path, providers, intra_op_threads, inter_op_threads)
+    try:
+        return TensorRTBackend(path, plugin_library)
+    except BackendUnavailableError as exc:
+        raise BackendUnavailableError(f"{exc}, so {path.name} cannot run here") from exc

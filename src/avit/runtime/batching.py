@@ -67,6 +67,7 @@ class BatcherStats:
     requests: int = 0
     calls: int = 0
     images: int = 0
+    cancelled: int = 0  # requests whose future was cancelled before they ran (never run)
 
     @property
     def mean_batch(self) -> float:
@@ -122,6 +123,9 @@ class MicroBatcher:
         latency_budget_ms: float | None = None,
     ) -> Future:
         """Queue one request; its :class:`BatchedResult` arrives in the returned future.
+
+        Cancelling the future (``future.cancel()``, e.g. when the caller's deadline passes) before the
+        request's call starts removes it: it never runs and takes no place in a batch.
 
         Args:
             images: float32 ``[C, H, W]`` (one image) or ``[n, C, H, W]`` preprocessed images.
@@ -194,7 +198,7 @@ class MicroBatcher:
         """Queued requests sharing ``head``'s key, oldest first, up to ``max_batch`` images (head always)."""
         group, count = [], 0
         for request in self._pending:
-            if request.key != head.key:
+            if request.key != head.key or request.future.cancelled():
                 continue
             n = request.images.shape[0]
             if group and count + n > self.max_batch:
@@ -213,6 +217,10 @@ class MicroBatcher:
                 if not self._pending:
                     return None  # closed and drained
                 head = self._pending[0]
+                if head.future.cancelled():  # its caller gave up (e.g. a request deadline): never run it
+                    self._pending.popleft()
+                    self._stats.cancelled += 1
+                    continue
                 deadline = head.submitted + self.max_wait_s
                 while True:
                     group, count = self._group(head)
@@ -227,9 +235,14 @@ class MicroBatcher:
                 for request in group:
                     request.taken = True
                 self._pending = deque(r for r in self._pending if not r.taken)
+                # from here on a caller can no longer cancel; requests cancelled meanwhile drop out
+                running = [r for r in group if r.future.set_running_or_notify_cancel()]
+                self._stats.cancelled += len(group) - len(running)
+                if not running:
+                    continue
                 self._stats.calls += 1
-                self._stats.images += count
-                return group
+                self._stats.images += sum(r.images.shape[0] for r in running)
+                return running
 
     def _runner(self) -> None:
         while True:

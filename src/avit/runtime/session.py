@@ -2,7 +2,11 @@
 
 The thresholds are an *input* of the graph, so every call may use its own: the session holds no
 per-call state and ``run`` is safe to call from several threads at once (ONNX Runtime's
-``InferenceSession.run`` is thread-safe). Torch-free: NumPy and ONNX Runtime only.
+``InferenceSession.run`` is thread-safe; the OpenVINO backend keeps a pool of infer requests; TensorRT
+one execution context per thread). Torch-free: NumPy and the backend's own package only.
+
+Backends (:mod:`avit.runtime.backends`): ONNX Runtime for ``.onnx``, OpenVINO for ``.xml`` (an IR from
+``avit export --openvino``) or for an ``.onnx`` with ``backend="openvino"``, TensorRT for ``.engine``.
 
 Presets: a calibration file written by ``avit calibrate`` (``<model>.calib.json`` beside the model, loaded
 automatically) names threshold settings with their measured latency; ``run(images, preset="balanced")``
@@ -71,11 +75,15 @@ class AdaptiveSession:
     """An exported avit model ready to run.
 
     Args:
-        path: ``.onnx`` model exported by avit (``.engine`` files need the TensorRT backend).
+        path: A model exported by avit: ``.onnx``, ``.xml`` (OpenVINO IR with its ``.bin``) or ``.engine``.
         providers: ONNX Runtime execution providers, e.g. ``["CUDAExecutionProvider",
             "CPUExecutionProvider"]``; default CPU.
-        intra_op_threads: Threads inside one operator (ONNX Runtime ``intra_op_num_threads``;
-            0/None = ONNX Runtime's default, one per physical core).
+        backend: ``"onnxruntime"``, ``"openvino"`` or ``"tensorrt"``; None (default): by the file's
+            suffix. ``"openvino"`` also runs an avit ``.onnx`` (its local functions inlined at load).
+        inference_precision: OpenVINO only: ``"f32"`` (default) or ``"bf16"`` (CPUs with native
+            bfloat16; about 2× faster on the real model, a few pause decisions move: docs/openvino.md).
+        intra_op_threads: Threads inside one operator (ONNX Runtime ``intra_op_num_threads``, OpenVINO
+            ``INFERENCE_NUM_THREADS``; 0/None = the backend's default, one per physical core).
         inter_op_threads: Threads across independent operators (``inter_op_num_threads``).
         calibration: Calibration file with presets (``avit calibrate``). None: ``<model>.calib.json``
             beside the model if it exists; True: that file, which must exist; a path (or a loaded
@@ -84,11 +92,13 @@ class AdaptiveSession:
         batch_layout: How a batch of ``B > 1`` images runs: ``"padded"`` (one call; after each pause
             point the images are padded to the batch's largest token count), ``"per_image"`` (one call
             per image, each at its own token count; the outputs are concatenated and ``latency_ms`` covers
-            all calls) or ``"auto"`` (default): ``per_image`` when every execution provider is the CPU,
-            ``padded`` otherwise (a padded batch keeps a GPU busy). Chosen by measurement on 2 CPU cores
-            (``benchmarks/cpu_deployment.py``, real model): per image is faster once the images keep
-            different token counts (11–13 % at batch 4) and ties when nothing pauses. Static models
-            always run padded. The layout actually used is :attr:`batch_layout`.
+            all calls) or ``"auto"`` (default): ``per_image`` when every ONNX Runtime execution provider
+            is the CPU, ``padded`` otherwise (a padded batch keeps a GPU busy). Chosen by measurement on 2
+            CPU cores (real model): ONNX Runtime per image is faster once the images keep different token
+            counts (11–13 % at batch 4) and ties when nothing pauses (``benchmarks/cpu_deployment.py``);
+            OpenVINO gains from batching, and its padded batch of 4 ran 12 % faster than one call per
+            image at the defaults (bf16, ``benchmarks/openvino_cpu.py``), so OpenVINO runs padded. Static
+            models always run padded. The layout actually used is :attr:`batch_layout`.
         intra_op_threads / inter_op_threads: see above; measured 1 → 2 intra-op threads on the real
             model: 1.6× (README, "CPU").
 
@@ -99,8 +109,10 @@ class AdaptiveSession:
     Raises:
         ArtifactError: missing file, not a model, a model without avit metadata, or a calibration file
             that is invalid or was made for another model file.
-        BackendUnavailableError: the backend the file needs is not installed.
-        InputError: unknown ``batch_layout``.
+        BackendUnavailableError: the backend the file needs is not installed (or bf16 without native
+            bfloat16).
+        InputError: unknown ``batch_layout``, ``backend`` or ``inference_precision``, or an option of
+            another backend.
     """
 
     def __init__(
@@ -112,12 +124,15 @@ class AdaptiveSession:
         inter_op_threads: int | None = None,
         calibration: str | os.PathLike | Calibration | bool | None = None,
         batch_layout: str = "auto",
+        backend: str | None = None,
+        inference_precision: str | None = None,
     ) -> None:
         if batch_layout not in BATCH_LAYOUTS:
             raise InputError(f"batch_layout {batch_layout!r} is not one of {', '.join(BATCH_LAYOUTS)}")
         self.path = Path(path)
         self.backend: Backend = open_backend(
-            self.path, providers=providers, intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads
+            self.path, providers=providers, intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads,
+            backend=backend, inference_precision=inference_precision,
         )
         if batch_layout == "auto":
             used = getattr(self.backend, "providers", None) or [self.backend.name]
@@ -136,6 +151,7 @@ class AdaptiveSession:
     def _load_calibration(self, calibration) -> Calibration | None:
         if calibration is False:
             return None
+        automatic = calibration is None
         if calibration is None or calibration is True:
             path = calibration_path(self.path)
             if not path.is_file():
@@ -148,6 +164,17 @@ class AdaptiveSession:
         else:
             calib = load_calibration(calibration)
         calib.check_model(self.info, self.path)
+        measured_on = _measured_on(calib.data.get("backend", {}))
+        running = _measured_on({"name": self.backend.name,
+                                "inference_precision": getattr(self.backend, "inference_precision", None)})
+        if measured_on != running:
+            if automatic:  # its latencies belong to another backend: no presets rather than wrong ones
+                return None
+            where = calib.path.name if calib.path is not None else "the calibration"
+            raise ArtifactError(
+                f"{where} was measured on {measured_on}, this session runs {running}: "
+                f"calibrate for this backend (avit calibrate {self.path.name} ...) or pass calibration=False"
+            )
         return calib
 
     # ------------------------------------------------------------------ inputs
@@ -308,3 +335,10 @@ class AdaptiveSession:
             f"pause_points={list(self.info.pause_points)}, policy={self.info.policy})"
         )
 
+
+def _measured_on(backend: Mapping) -> str:
+    """``"onnxruntime"`` / ``"openvino bf16"``: the backend (and a non-default inference precision) a
+    calibration's latencies belong to."""
+    name = str(backend.get("name", "onnxruntime"))
+    precision = backend.get("inference_precision")
+    return name if precision in (None, "f32") else f"{name} {precision}"

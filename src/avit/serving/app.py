@@ -2,7 +2,8 @@
 
 Endpoints:
 
-* ``GET /health`` — ``{"status": "ok", "model": name}`` once the model is loaded;
+* ``GET /health`` — ``{"status": "ok", "model": name, "requests": {...}, "batcher": {...}}`` once the
+  model is loaded (requests admitted / shed / timed out / in progress; model calls, cancelled requests);
 * ``GET /model`` — the model card (:meth:`Predictor.model_card`): pause points, policy, defaults,
   input size, classes, presets, batching settings;
 * ``POST /predict`` — multipart upload field ``image`` (PNG, JPEG, …) and query parameters
@@ -13,6 +14,12 @@ Endpoints:
 
 Errors a client causes (undecodable image, bad thresholds, unknown preset, …) answer 422 with
 ``{"detail": "<one line>"}``.
+
+Back-pressure on ``POST /predict`` (:mod:`avit.serving.limits`): ``max_queue`` (beyond ``workers +
+max_queue`` requests in progress: **503** with ``Retry-After``, answered at once), ``timeout_s`` (no
+answer in time: **504**, the request is dropped from the batcher's queue), ``max_upload_mb`` (**413**,
+decided from ``Content-Length`` before the body is read, or while a chunked body streams in). Shutdown
+(SIGINT / SIGTERM) stops accepting connections, answers every admitted request, then stops the batcher.
 """
 
 from __future__ import annotations
@@ -37,27 +44,56 @@ except ModuleNotFoundError as exc:  # pragma: no cover - depends on the install
     ) from exc
 
 from avit import __version__
+from avit.serving.limits import Admission, RequestLimits
 from avit.serving.predictor import Predictor
 
 
-def create_app(model: str | os.PathLike | None = None, *, predictor: Predictor | None = None, **options) -> FastAPI:
+def _check_limits(max_queue: int | None, timeout_s: float | None, max_upload_mb: float | None) -> None:
+    if max_queue is not None and (isinstance(max_queue, bool) or int(max_queue) != max_queue or max_queue < 0):
+        raise InputError(f"max_queue must be an integer >= 0, got {max_queue}")
+    for name, value in (("timeout_s", timeout_s), ("max_upload_mb", max_upload_mb)):
+        if value is not None and not (0 < float(value) < float("inf")):
+            raise InputError(f"{name} must be a positive number, got {value}")
+
+
+def create_app(
+    model: str | os.PathLike | None = None,
+    *,
+    predictor: Predictor | None = None,
+    max_queue: int | None = None,
+    timeout_s: float | None = None,
+    max_upload_mb: float | None = None,
+    **options,
+) -> FastAPI:
     """A FastAPI app serving ``model`` (or an existing ``predictor``).
 
     Args:
         model: ``.onnx`` / ``.engine`` path.
         predictor: Serve this :class:`Predictor` instead (``options`` must then be empty).
+        max_queue: Requests that may wait beyond the ``workers`` running ones; more are answered 503 at
+            once with ``Retry-After`` (None: no limit).
+        timeout_s: Longest time from admission to the answer, seconds; then 504 (None: no limit).
+        max_upload_mb: Largest upload, MB (10^6 bytes); larger: 413 (None: no limit).
         **options: :class:`Predictor` keyword arguments (``max_batch``, ``max_wait_ms``, ``workers``,
-            ``intra_op_threads``, ``providers``, ``calibration``).
+            ``intra_op_threads``, ``providers``, ``calibration``, ``backend``, ``inference_precision``).
 
-    The predictor (and its batcher threads) is closed when the app shuts down.
+    The predictor (and its batcher threads) is closed when the app shuts down. ``app.state.admission``
+    counts admitted, shed and timed-out requests (also in ``GET /health``).
 
     Raises:
-        ArtifactError, BackendUnavailableError, InputError: from :class:`Predictor`.
+        ArtifactError, BackendUnavailableError, InputError: from :class:`Predictor`; bad limits.
     """
+    _check_limits(max_queue, timeout_s, max_upload_mb)
     if predictor is None:
         predictor = Predictor(model, **options)
     elif options:
         raise InputError(f"give either a predictor or options ({', '.join(options)}), not both")
+    admission = Admission(max_queue, workers=predictor.batcher.workers)
+    limits = {
+        "max_queue": max_queue,
+        "timeout_s": timeout_s,
+        "max_upload_mb": max_upload_mb,
+    }
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -71,6 +107,15 @@ def create_app(model: str | os.PathLike | None = None, *, predictor: Predictor |
         lifespan=lifespan,
     )
     app.state.predictor = predictor
+    app.state.admission = admission
+    app.state.limits = limits
+    app.add_middleware(
+        RequestLimits,
+        admission=admission,
+        max_upload_bytes=None if max_upload_mb is None else int(float(max_upload_mb) * 1e6),
+        timeout_s=timeout_s,
+        paths=("/predict",),
+    )
 
     @app.exception_handler(AvitError)
     async def _avit_error(_request: Request, exc: AvitError) -> JSONResponse:
@@ -80,12 +125,18 @@ def create_app(model: str | os.PathLike | None = None, *, predictor: Predictor |
     @app.get("/health")
     async def health() -> dict:
         """Liveness: the model is loaded and the batcher runs."""
-        return {"status": "ok", "model": predictor.model_card()["name"]}
+        stats = predictor.batcher.stats
+        return {
+            "status": "ok",
+            "model": predictor.model_card()["name"],
+            "requests": admission.stats(),
+            "batcher": {"requests": stats.requests, "calls": stats.calls, "images": stats.images, "cancelled": stats.cancelled},
+        }
 
     @app.get("/model")
     async def model_card() -> dict:
-        """The model's avit metadata, presets and the batching settings."""
-        return predictor.model_card()
+        """The model's avit metadata, presets, the batching settings and the request limits."""
+        return {**predictor.model_card(), "limits": limits}
 
     @app.post("/predict")
     async def predict(
@@ -133,6 +184,10 @@ def serve(
     """Load ``model`` and serve it with uvicorn until interrupted (one process; ``options`` as :func:`create_app`).
 
     ``announce`` receives one line once the model is loaded, before the server starts listening.
+
+    Graceful shutdown (SIGINT / SIGTERM, uvicorn's): the listening socket closes, idle connections close,
+    every admitted request is answered (waiting at most ``timeout_s`` + 5 s when a ``timeout_s`` is set),
+    then the batcher stops. A second Ctrl-C exits at once.
     """
     try:
         import uvicorn
@@ -140,10 +195,17 @@ def serve(
         raise BackendUnavailableError("the avit service needs uvicorn: pip install 'avit[serve]'") from exc
     _check_port(host, port)
     app = create_app(model, **options)
+    limits = app.state.limits
     if announce is not None:
         b = app.state.predictor.batcher
+
+        def show(value, unit=""):
+            return "unlimited" if value is None else f"{value:g}{unit}"
+
         announce(
             f"serving {model} on http://{host}:{port} (max batch {b.max_batch}, max wait {b.max_wait_s * 1e3:g} ms, "
-            f"{b.workers} worker{'s' if b.workers > 1 else ''}); POST /predict, GET /model, GET /health"
+            f"{b.workers} worker{'s' if b.workers > 1 else ''}; queue {show(limits['max_queue'])}, timeout "
+            f"{show(limits['timeout_s'], ' s')}, uploads {show(limits['max_upload_mb'], ' MB')}); POST /predict, GET /model, GET /health"
         )
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    grace = None if limits["timeout_s"] is None else float(limits["timeout_s"]) + 5.0
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=grace)

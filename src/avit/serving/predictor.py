@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -50,7 +49,8 @@ class Predictor:
         model: ``.onnx`` (or ``.engine``) path; or give ``session``.
         session: An open :class:`AdaptiveSession` to serve instead of opening ``model``.
         max_batch, max_wait_ms, workers: see :class:`~avit.runtime.batching.MicroBatcher`.
-        intra_op_threads, providers, calibration: passed to :class:`AdaptiveSession`.
+        intra_op_threads, providers, calibration, backend, inference_precision: passed to
+            :class:`AdaptiveSession`.
 
     Raises:
         ArtifactError, BackendUnavailableError: from opening the model.
@@ -68,11 +68,14 @@ class Predictor:
         intra_op_threads: int | None = None,
         providers: Sequence[str] | None = None,
         calibration: str | os.PathLike | bool | None = None,
+        backend: str | None = None,
+        inference_precision: str | None = None,
     ) -> None:
         if session is None:
             if model is None:
                 raise InputError("give a model path or a session")
-            session = AdaptiveSession(model, providers, intra_op_threads=intra_op_threads, calibration=calibration)
+            session = AdaptiveSession(model, providers, intra_op_threads=intra_op_threads, calibration=calibration,
+                                      backend=backend, inference_precision=inference_precision)
         self.session = session
         self.batcher = MicroBatcher(session, max_batch=max_batch, max_wait_ms=max_wait_ms, workers=workers)
 
@@ -83,6 +86,7 @@ class Predictor:
         return {
             "name": Path(self.session.path).name,
             "backend": self.session.backend.name,
+            "inference_precision": getattr(self.session.backend, "inference_precision", None),
             "avit_version": info.avit_version,
             "server_avit_version": __version__,
             "variant": info.variant,

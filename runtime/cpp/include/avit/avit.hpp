@@ -1,14 +1,16 @@
 // avit C++ runtime: run an exported adaptive ViT with per-call pause thresholds.
 //
 //   #include <avit/avit.hpp>
-//   avit::Session session("model.onnx");                  // or "model.engine" (+ model.engine.json)
+//   avit::Session session("model.onnx");                  // or "model.engine" (+ model.engine.json),
+//                                                         // or "model.openvino.xml" (+ .bin, OpenVINO IR)
 //   std::vector<float> x = ...;                           // float32 [B, 3, H, W], normalised
 //   avit::Result r = session.run(x, {B, 3, H, W}, std::vector<float>{0.2f, 0.4f});
 //   r.logits / r.logits_shape, r.tokens_kept ([B, P]), r.latency_ms
 //
 // Header-only C++17. The backends are compiled in when their headers are: define AVIT_WITH_ONNXRUNTIME
-// / AVIT_WITH_TENSORRT (the CMake targets avit::onnxruntime / avit::tensorrt do) — core.hpp alone needs
-// nothing. Session::run is thread-safe: the thresholds are a graph input, nothing per call is stored.
+// / AVIT_WITH_TENSORRT / AVIT_WITH_OPENVINO (the CMake targets avit::onnxruntime / avit::tensorrt /
+// avit::openvino do) — core.hpp alone needs nothing. Session::run is thread-safe: the thresholds are a
+// graph input, nothing per call is stored.
 #pragma once
 
 #include <memory>
@@ -23,6 +25,9 @@
 #if defined(AVIT_WITH_TENSORRT)
 #include "avit/tensorrt_backend.hpp"
 #endif
+#if defined(AVIT_WITH_OPENVINO)
+#include "avit/openvino_backend.hpp"
+#endif
 
 namespace avit {
 
@@ -35,13 +40,16 @@ struct SessionOptions {
 #if defined(AVIT_WITH_TENSORRT)
   TrtOptions tensorrt;
 #endif
+#if defined(AVIT_WITH_OPENVINO)
+  OvOptions openvino;
+#endif
 };
 
 inline bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-/// The backend for `path` by its suffix (.onnx: ONNX Runtime; .engine/.plan/.trt: TensorRT).
+/// The backend for `path` by its suffix (.onnx: ONNX Runtime; .engine/.plan/.trt: TensorRT; .xml: OpenVINO IR).
 inline std::unique_ptr<Backend> open_backend(const std::string& path, const SessionOptions& options = {}) {
   (void)options;
   if (std::ifstream(path).fail()) throw Error("model not found: " + path);
@@ -59,7 +67,14 @@ inline std::unique_ptr<Backend> open_backend(const std::string& path, const Sess
     throw Error("this build has no TensorRT backend (build with the avit::tensorrt target), so " + path + " cannot run");
 #endif
   }
-  throw Error(path + " is not an avit artifact (expected .onnx or .engine)");
+  if (ends_with(path, ".xml")) {
+#if defined(AVIT_WITH_OPENVINO)
+    return std::make_unique<OpenVINOBackend>(path, options.openvino);
+#else
+    throw Error("this build has no OpenVINO backend (build with the avit::openvino target), so " + path + " cannot run");
+#endif
+  }
+  throw Error(path + " is not an avit artifact (expected .onnx, .engine or .xml (OpenVINO IR))");
 }
 
 class Session {

@@ -393,7 +393,7 @@ inline std::vector<float> parse_thresholds(const std::string& text) {
 }
 
 // ------------------------------------------------------------------------------------------------ sidecar
-/// What model.engine.json records (src/avit/runtime/trt_support.py, EngineSidecar, format version 1).
+/// What model.engine.json records (src/avit/runtime/tensorrt/sidecar.py, EngineSidecar, format version 1).
 struct EngineSidecar {
   std::string tensorrt_version;
   std::string precision;

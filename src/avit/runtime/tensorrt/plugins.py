@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from avit.errors import ArtifactError, BackendUnavailableError
+from avit.errors import ArtifactError
 
 #: Environment variable naming the plugin library (used when no path is given explicitly).
 PLUGIN_LIBRARY_ENV = "AVIT_PLUGIN_LIBRARY"
