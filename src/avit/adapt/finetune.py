@@ -706,7 +706,7 @@ def agreement_with_reference(
             logits.append(out)
             kept.append(k[0].tolist())
     logits = torch.cat(logits)
-    pixel, iou = agreement(labels_of(logits), labels_of(reference_logits))
+    pixel, iou = agreement(labels_of(logits), labels_of(reference_logits), max(reference_logits.shape[1], 2))
     if logits.shape[1] == 1:
         mae = (torch.sigmoid(logits) - torch.sigmoid(reference_logits)).abs().flatten(1).mean(1)
     else:
