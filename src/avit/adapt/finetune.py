@@ -416,7 +416,7 @@ def threshold_for_keep(model: AdaptiveViT, head_logits: torch.Tensor, keep: floa
         return model.config.nothing_paused_value
     scores = head_scores(model, head_logits).flatten()
     q = torch.quantile(scores, min(max(1.0 - keep, 0.0), 1.0))
-    return float(torch.nextafter(q, torch.tensor(math.inf, dtype=q.dtype)))
+    return float(torch.nextafter(q, torch.tensor(math.inf, dtype=q.dtype, device=q.device)))
 
 
 # ---------------------------------------------------------------------------------------------- loss
