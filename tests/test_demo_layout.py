@@ -35,8 +35,8 @@ def test_compact_table_fits_80_columns():
 
 def test_summary_line_names_the_bounds_and_the_defaults():
     line = summary_line(ROWS)
-    assert "≥99.5 % agreement: 1.04×" in line and "≥99 % agreement: 1.13×" in line
-    assert "defaults: 1.04× at 99.61 %" in line
+    assert "≥99.5 %: 1.04× (1.06×)" in line and "≥99 %: 1.13× (1.15×)" in line
+    assert "defaults 1.04× at 99.61 %" in line and len(line) <= 80
     assert "none" in summary_line([_row("default", 0.6, 500, 1.5, 0.9)])
 
 

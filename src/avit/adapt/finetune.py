@@ -588,8 +588,8 @@ def finetune(
             elapsed = time.perf_counter() - t_start
             if elapsed >= budget:
                 break
-            if planned is None and step == 5:
-                planned = max(6, int(budget / (elapsed / 5)))
+            if not settings.steps and step >= 5 and step % 10 == 5:  # time budget: re-plan the schedule's length
+                planned = max(step + 1, int(step + (budget - elapsed) / (elapsed / step)))
                 if task is not None:
                     progress.update(task, total=planned)
             horizon = planned or 1000
