@@ -860,7 +860,6 @@ def finetune_checkpoint(
         )
     model.config = c.replace(default_thresholds=tuple(chosen))
     model.default_thresholds = torch.tensor(chosen, dtype=torch.float32)
-    seconds = time.perf_counter() - start
     record = {k: v for k, v in dataclasses.asdict(report).items() if k != "losses"}
     record["loss_curve"] = [round(float(np.mean(report.losses[i : i + 10])), 5) for i in range(0, len(report.losses), 10)]
     record.update(reference=str(reference) if reference is not None else "the input checkpoint (nothing paused)",
