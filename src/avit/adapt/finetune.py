@@ -47,7 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from avit.adapt.distill import augment, _normalise, token_targets
+from avit.adapt.distill import _normalise, attention_impl, augment, token_targets
 from avit.data import load_image, preprocess
 from avit.errors import InputError
 from avit.models.vit import AdaptiveViT
@@ -212,17 +212,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise InputError(f"device {device!r} is not supported; use cpu, cuda or cuda:N")
     return dev
-
-
-@contextlib.contextmanager
-def attention_impl(model: AdaptiveViT, impl: str) -> Iterator[None]:
-    """Temporarily switch every block's attention implementation (``sdpa`` for eager speed)."""
-    before = model.blocks[0].attn.impl if len(model.blocks) else "explicit"
-    model.set_attention_impl(impl)
-    try:
-        yield
-    finally:
-        model.set_attention_impl(before)
 
 
 # ---------------------------------------------------------------------------------------------- views
