@@ -43,6 +43,9 @@ def test_garbage_bytes(tmp_path):
     path.write_bytes(b"\x00\x01not a checkpoint" * 100)
     with pytest.raises(CheckpointError, match="corrupt"):
         load_checkpoint(path)
+    path.write_bytes(b"junk\n")  # a text file: the weights-only unpickler fails on its own memo (KeyError)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(path)
 
 
 class Evil:

@@ -64,7 +64,8 @@ def torch_load(path: str | os.PathLike, what: str) -> Any:
             raise CheckpointError(f"{path} is corrupt or not a PyTorch checkpoint (UnpicklingError)") from exc
         detail = next((ln.strip() for ln in str(exc).splitlines() if "Unsupported" in ln), type(exc).__name__)
         raise CheckpointError(f"{path} is not {what} (refused to unpickle: {detail})") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError) as exc:
+    # garbage bytes can also trip the weights-only unpickler's own bookkeeping (memo KeyError, stack IndexError)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError, KeyError, IndexError) as exc:
         raise CheckpointError(f"{path} is corrupt or truncated ({type(exc).__name__})") from exc
 
 
