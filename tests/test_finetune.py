@@ -63,7 +63,7 @@ def test_partial_forward_equals_model_forward():
     thresholds = torch.tensor([0.6, 0.65])
     with torch.no_grad():
         logits, kept = model(images, thresholds)
-        x = model._embed(images)
+        x = model.embed(images)
         for block in model.blocks[: model.config.pause_points[0]]:
             x = block(x)
         out = forward_from_first_pause(model, x, thresholds)

@@ -31,7 +31,7 @@ def test_everything_paused_at_first_point(images):
         full = model.forward_full(images)
     assert kept.tolist() == [[0, 0]] * 3
     # every token froze after block 1: the decoder sees exactly the block-1 features
-    ref = model._decode(full.pause_tokens[0])
+    ref = model.decode(full.pause_tokens[0])
     torch.testing.assert_close(logits, ref, atol=1e-5, rtol=0)
 
 

@@ -56,7 +56,7 @@ def _capture_mlp_inputs(model: nn.Module, blocks: Sequence[int], images: torch.T
     try:
         with torch.no_grad():
             for start in range(0, images.shape[0], batch):
-                x = model._embed(images[start : start + batch])
+                x = model.embed(images[start : start + batch])
                 for block in model.blocks:
                     x = block(x)
     finally:

@@ -275,7 +275,7 @@ def build_finetune_cache(
 
     def flush() -> None:
         x = torch.from_numpy(np.stack(pending)).to(device)
-        x = reference._embed(x)
+        x = reference.embed(x)
         for i, block in enumerate(reference.blocks):
             if i == first_pause:
                 starts.append(x.half().cpu())
@@ -283,7 +283,7 @@ def build_finetune_cache(
         if first_pause == len(reference.blocks):
             starts.append(x.half().cpu())
         final = x[:, c.num_prefix_tokens :]
-        out = reference._decode(final)
+        out = reference.decode(final)
         logits.append(out.half().cpu())
         finals.append(reference.norm(final).half().cpu())
         targets.append(token_targets(out.float(), c.patch_size).cpu())
@@ -376,7 +376,7 @@ def forward_from_first_pause(model: AdaptiveViT, x: torch.Tensor, thresholds: to
     for i in range(start, c.depth):
         x = model._block(i, x, key_mask, counts)
     grid = torch.ops.avit.token_scatter(grid, pos, x[:, n_prefix:], counts)
-    logits = model._decode(grid)
+    logits = model.decode(grid)
     if canvas is not None:
         logits = model._blend_canvas(logits, canvas, pos, counts)
     return PartialForward(logits, grid, torch.stack(kept, dim=1), head_logits_out, head_pos, head_counts)
@@ -656,7 +656,7 @@ def knob_candidates(model: AdaptiveViT, images: torch.Tensor, keeps: Sequence[fl
     scores = []
     with attention_impl(model, "sdpa"):
         for i in range(images.shape[0]):
-            x = model._embed(images[i : i + 1])
+            x = model.embed(images[i : i + 1])
             for block in model.blocks[:first]:
                 x = block(x)
             scores.append(head_scores(model, model.pause_heads[0](x[:, c.num_prefix_tokens :])[0]).flatten())

@@ -143,7 +143,7 @@ class AdaptiveViT(nn.Module):
             return torch.ops.avit.class_context_select(head_logits, counts, value, dtop_k, 1)
         return torch.ops.avit.entropy_select(head_logits, counts, value, 1 if policy == "confidence" else 0)
 
-    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
         """float ``[B, C, H, W]`` → float ``[B, prefix + N, D]``: patch embedding, position embedding, prefix."""
         x = self.patch_embed(images)
         b = x.shape[0]
@@ -156,7 +156,7 @@ class AdaptiveViT(nn.Module):
             x = torch.cat([cls, self.reg_token.expand(b, -1, -1), rest], dim=1)
         return x
 
-    def _decode(self, grid: torch.Tensor) -> torch.Tensor:
+    def decode(self, grid: torch.Tensor) -> torch.Tensor:
         """float ``[B, N, D]`` (pre-norm) → float ``[B, C, H, W]`` dense logits."""
         h, w = self.config.grid_size
         feats = self.norm(grid).transpose(1, 2).reshape(grid.shape[0], -1, h, w)
@@ -208,10 +208,10 @@ class AdaptiveViT(nn.Module):
             thresholds = self.default_thresholds
         c = self.config
         if c.policy == "acm":
-            return self._forward_acm(self._embed(images), thresholds)
+            return self._forward_acm(self.embed(images), thresholds)
         dtop_k = self.default_dtop_k if dtop_k is None else dtop_k
         n_prefix = c.num_prefix_tokens
-        x = self._embed(images)
+        x = self.embed(images)
         b = x.shape[0]
         key_mask = None
         grid = canvas = pos = counts = None
@@ -243,9 +243,9 @@ class AdaptiveViT(nn.Module):
             x = self._block(i, x, key_mask, counts)
         tokens = x[:, n_prefix:]
         if pos is None:
-            return self._decode(tokens), torch.zeros(b, 0, dtype=torch.int64, device=x.device)
+            return self.decode(tokens), torch.zeros(b, 0, dtype=torch.int64, device=x.device)
         grid = torch.ops.avit.token_scatter(grid, pos, tokens, counts)
-        logits = self._decode(grid)
+        logits = self.decode(grid)
         if canvas is not None:
             logits = self._blend_canvas(logits, canvas, pos, counts)
         return logits, torch.stack(kept, dim=1)
@@ -274,7 +274,7 @@ class AdaptiveViT(nn.Module):
                 x = x + block.ls2(y)
                 units = units + used
             kept.append(units)
-        logits = self._decode(x[:, c.num_prefix_tokens :])
+        logits = self.decode(x[:, c.num_prefix_tokens :])
         return logits, torch.stack(kept, dim=1) if kept else torch.zeros(b, 0, dtype=torch.int64, device=x.device)
 
     def _blend_canvas(self, logits, canvas, pos, counts) -> torch.Tensor:
@@ -294,7 +294,7 @@ class AdaptiveViT(nn.Module):
     def forward_full(self, images: torch.Tensor) -> FullForward:
         """Run every block on every token (nothing paused) and keep what token-head training needs."""
         c = self.config
-        x = self._embed(images)
+        x = self.embed(images)
         pause_tokens, head_logits = [], []
         start = 0
         for p, stop in enumerate(c.pause_points):
@@ -308,7 +308,7 @@ class AdaptiveViT(nn.Module):
         for block in self.blocks[start:]:
             x = block(x)
         final = x[:, c.num_prefix_tokens :]
-        return FullForward(pause_tokens, head_logits, final, self._decode(final))
+        return FullForward(pause_tokens, head_logits, final, self.decode(final))
 
     def static_copy(self) -> AdaptiveViT:
         """The same weights with no pause points: the static reference model (heads dropped)."""
