@@ -219,3 +219,18 @@ def test_cli_adapt_rejects_contradicting_finetune_options(tmp_path):
     _one_line_error(_avit("adapt", "-o", tmp_path / "m.ckpt", "--no-finetune", "--finetune-minutes", "3"), "contradict")
     _one_line_error(_avit("adapt", "-o", tmp_path / "m.ckpt", "--no-finetune", "--finetune-steps", "100"), "contradict")
     _one_line_error(_avit("adapt", "-o", tmp_path / "m.ckpt", "--finetune-steps", "-1"), "finetune_steps")
+
+
+def test_cli_finetune_runs_the_steps_it_is_given_under_a_time_cap(tmp_path):
+    """``--steps`` is the budget and ``--minutes`` only a cap: the record says exactly the steps asked for."""
+    from avit.data import find_photos
+
+    if len(find_photos("train")) < 3:
+        pytest.skip("needs 3 installed training photos: pip install scikit-image")
+    ckpt = save_checkpoint(tiny_model(**SALIENCY), tmp_path / "tiny.ckpt")
+    proc = _avit("finetune", ckpt, "-o", tmp_path / "o.ckpt", "--steps", "3", "--minutes", "30", "--views", "2", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    _, meta = load_checkpoint(tmp_path / "o.ckpt")
+    assert meta["finetune"]["steps"] == 3
+    assert meta["finetune"]["settings"]["minutes"] == 30 and meta["finetune"]["settings"]["steps"] == 3
+    assert 0.0 <= meta["expected_agreement"] <= 1.0

