@@ -337,50 +337,11 @@ def forward_from_first_pause(model: AdaptiveViT, x: torch.Tensor, thresholds: to
     Returns:
         The :class:`PartialForward` (same logits as ``model(images, thresholds)`` for the same tokens).
     """
-    c = model.config
-    n_prefix = c.num_prefix_tokens
-    b = x.shape[0]
-    dtop_k = model.default_dtop_k
-    key_mask = None
-    grid = canvas = pos = counts = None
-    kept, head_logits_out, head_pos, head_counts = [], [], [], []
-    start = c.pause_points[0]
-    for p, stop in enumerate(c.pause_points):
-        for i in range(start, stop):
-            x = model._block(i, x, key_mask, counts)
-        start = stop
-        prefix, tokens = x[:, :n_prefix], x[:, n_prefix:]
-        head_logits, fill = model.pause_heads[p](tokens)
-        out_logits = None
-        if c.fill == "canvas":
-            from avit.models.heads import head_to_output_logits
-
-            out_logits = head_to_output_logits(head_logits, c.num_classes)
-        if p == 0:
-            grid, canvas = fill, out_logits
-            counts = torch.full((b,), c.num_patches, dtype=torch.int64, device=x.device)
-            pos = torch.arange(c.num_patches, device=x.device).expand(b, -1)
-        else:
-            grid = torch.ops.avit.token_scatter(grid, pos, fill, counts)
-            if canvas is not None:
-                canvas = torch.ops.avit.token_scatter(canvas, pos, out_logits, counts)
-            head_logits_out.append(head_logits)
-            head_pos.append(pos)
-            head_counts.append(counts)
-        keep_idx, counts = model._select(head_logits.detach(), counts, thresholds[p], dtop_k)
-        tokens = torch.ops.avit.token_gather(tokens, keep_idx)
-        pos = torch.gather(pos, 1, keep_idx)
-        x = torch.cat([prefix, tokens], dim=1)
-        real = torch.arange(tokens.shape[1], device=x.device)[None, :] < counts[:, None]
-        key_mask = torch.cat([real.new_ones(b, n_prefix), real], dim=1)
-        kept.append(counts)
-    for i in range(start, c.depth):
-        x = model._block(i, x, key_mask, counts)
-    grid = torch.ops.avit.token_scatter(grid, pos, x[:, n_prefix:], counts)
-    logits = model.decode(grid)
-    if canvas is not None:
-        logits = model._blend_canvas(logits, canvas, pos, counts)
-    return PartialForward(logits, grid, torch.stack(kept, dim=1), head_logits_out, head_pos, head_counts)
+    later: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    logits, kept, grid = model.forward_tokens(
+        x, thresholds, model.default_dtop_k, first_block=model.config.pause_points[0], later_heads=later
+    )
+    return PartialForward(logits, grid, kept, [h for h, _, _ in later], [p for _, p, _ in later], [n for _, _, n in later])
 
 
 def head_scores(model: AdaptiveViT, head_logits: torch.Tensor) -> torch.Tensor:

@@ -210,13 +210,39 @@ class AdaptiveViT(nn.Module):
         if c.policy == "acm":
             return self._forward_acm(self.embed(images), thresholds)
         dtop_k = self.default_dtop_k if dtop_k is None else dtop_k
+        logits, kept, _ = self.forward_tokens(self.embed(images), thresholds, dtop_k)
+        return logits, kept
+
+    def forward_tokens(
+        self,
+        x: torch.Tensor,
+        thresholds: torch.Tensor,
+        dtop_k: torch.Tensor,
+        first_block: int = 0,
+        later_heads: list | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The token-head policies' forward from block ``first_block`` on: the one pause loop (see the module
+        docstring), used by :meth:`forward` (``first_block=0``) and by fine-tuning (from the first pause
+        point, with autograd through the gather / scatter ops).
+
+        Args:
+            x: float ``[B, prefix + N, D]``: tokens after ``blocks[:first_block]`` (``first_block`` ≤ the
+                first pause point; nothing has paused yet).
+            thresholds: float32 ``[P]`` pause thresholds; ``dtop_k``: int64 0-d (policy ``dtop``).
+            later_heads: If a list, ``(head_logits [B, n_p, head_classes], pos int64 [B, n_p], counts int64
+                [B])`` of every pause point after the first is appended to it (its active tokens).
+
+        Returns:
+            ``(logits, tokens_kept, grid)``: float ``[B, num_classes, H, W]``; int64 ``[B, P]``; the pre-norm
+            ``[B, N, D]`` grid given to the decoder (None without pause points).
+        """
+        c = self.config
         n_prefix = c.num_prefix_tokens
-        x = self.embed(images)
         b = x.shape[0]
         key_mask = None
         grid = canvas = pos = counts = None
         kept: list[torch.Tensor] = []
-        start = 0
+        start = first_block
         for p, stop in enumerate(c.pause_points):
             for i in range(start, stop):
                 x = self._block(i, x, key_mask, counts)
@@ -232,6 +258,8 @@ class AdaptiveViT(nn.Module):
                 grid = torch.ops.avit.token_scatter(grid, pos, fill, counts)
                 if canvas is not None:
                     canvas = torch.ops.avit.token_scatter(canvas, pos, out_logits, counts)
+                if later_heads is not None:
+                    later_heads.append((head_logits, pos, counts))
             keep_idx, counts = self._select(head_logits, counts, thresholds[p], dtop_k)
             tokens = torch.ops.avit.token_gather(tokens, keep_idx)
             pos = torch.gather(pos, 1, keep_idx)
@@ -243,12 +271,12 @@ class AdaptiveViT(nn.Module):
             x = self._block(i, x, key_mask, counts)
         tokens = x[:, n_prefix:]
         if pos is None:
-            return self.decode(tokens), torch.zeros(b, 0, dtype=torch.int64, device=x.device)
+            return self.decode(tokens), torch.zeros(b, 0, dtype=torch.int64, device=x.device), None
         grid = torch.ops.avit.token_scatter(grid, pos, tokens, counts)
         logits = self.decode(grid)
         if canvas is not None:
             logits = self._blend_canvas(logits, canvas, pos, counts)
-        return logits, torch.stack(kept, dim=1)
+        return logits, torch.stack(kept, dim=1), grid
 
     def _block(self, i: int, x: torch.Tensor, key_mask: torch.Tensor | None, counts: torch.Tensor | None) -> torch.Tensor:
         """Block ``i`` on ``x`` [B, n, D], then its pause adapter (if any) gated by the paused fraction."""
