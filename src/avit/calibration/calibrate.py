@@ -163,6 +163,10 @@ def load_label_maps(paths: Sequence[Path], masks_dir: Path, size: tuple[int, int
     return np.stack(out)
 
 
+#: Fractions of active tokens the calibration times besides its search (the SLO ladder).
+LADDER = (0.9, 0.75, 0.6, 0.45, 0.3, 0.15)
+
+
 def calibrate(
     model: str | os.PathLike,
     target_ms: float,
@@ -185,6 +189,7 @@ def calibrate(
     backend: str | None = None,
     inference_precision: str | None = None,
     progress: Progress | None = None,
+    ladder: Sequence[float] = LADDER,
 ) -> CalibrationReport:
     """Find the best-quality thresholds meeting ``target_ms`` at ``percentile`` and batch ``batch``.
 
@@ -208,6 +213,10 @@ def calibrate(
         backend, inference_precision: See :class:`~avit.runtime.AdaptiveSession` (e.g. ``"openvino"``,
             ``"bf16"``): latency is a property of the backend, so calibrate on the one you deploy.
         progress: ``progress(stage, done, total)``.
+        ladder: Fractions of active tokens to find and time along the diagonal besides the search (the
+            model's default thresholds are always timed too), so that the file's Pareto front spans the knob
+            from nothing paused to everything paused for serving under an SLO (:mod:`avit.runtime.slo`).
+            ``()``: none.
 
     Raises:
         InputError: bad arguments or images. ArtifactError: not an adaptive avit model.
@@ -246,6 +255,7 @@ def calibrate(
     search = ThresholdSearch(
         evaluator, space, target_ms, percentile=percentile, max_evals=max_evals, floors=floor_values,
         quick=lambda t: evaluator(t, timed=False),
+        anchors=[space.knobs(session.thresholds(None).tolist())], ladder=ladder,
     )
     t0 = time.perf_counter()
     result = search.run()

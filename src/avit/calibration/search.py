@@ -28,6 +28,13 @@ best found so far.
    quick measurements (the evaluator's ``timed=False``: one pass, no timing repeats). The search near
    the latency target says nothing about settings with, say, 99 % agreement; these points give the
    presets something to choose from.
+4b. **Anchors and ladder for serving under an SLO** (optional, ``anchors`` / ``ladder``): settings the
+   caller names (the model's default thresholds) are timed with the first anchors; then, for each
+   fraction in ``ladder`` (of the tokens still active, averaged over the pause points), a quick bisection
+   along the diagonal finds the setting that keeps about that fraction, and it is timed. The front the
+   file records then spans the knob's whole range in roughly even steps of compute, whatever the
+   latency target (:mod:`avit.runtime.slo` picks among them per batch). Neither counts against
+   ``max_evals``.
 5. **Final choice** (:func:`avit.calibration.choice.select_final`, after the search): boundary points sit right at the target by construction, so a
    re-measurement puts about half of them over it. The final choice therefore walks down the Pareto
    front: it re-measures (interleaved) the best-quality front points whose quick latency is within a
@@ -164,6 +171,10 @@ class ThresholdSearch:
         quick: ``thresholds -> Measurement`` without timing repeats for the probes; default ``evaluate``.
             Probes do not count against ``max_evals``.
         progress: Called as ``progress(evaluations, max_evals, stage)`` after each new measurement.
+        anchors: Aggressiveness vectors ``u`` to time besides the search's own (e.g. the model's defaults).
+        ladder: Fractions of active tokens (0..1, mean over the pause points) to find along the diagonal and
+            time (step 4b).
+        ladder_resolution: Bisection resolution (in ``s``) of the ladder.
     """
 
     def __init__(
@@ -181,6 +192,9 @@ class ThresholdSearch:
         floor_resolution: float = 1 / 32,
         quick: Callable[[tuple[float, ...]], Measurement] | None = None,
         progress: Callable[[int, int, str], None] | None = None,
+        anchors: Sequence[Sequence[float]] = (),
+        ladder: Sequence[float] = (),
+        ladder_resolution: float = 1 / 64,
     ) -> None:
         if not (target_ms > 0):
             raise ValueError(f"target_ms must be positive, got {target_ms}")
@@ -197,8 +211,12 @@ class ThresholdSearch:
         self.progress = progress
         self.floors = tuple(floors)
         self.floor_resolution = float(floor_resolution)
+        self.anchors = [tuple(float(x) for x in u) for u in anchors]
+        self.ladder = tuple(float(f) for f in ladder)
+        self.ladder_resolution = float(ladder_resolution)
         self.quick = quick or evaluate
         self.cache: dict[tuple[float, ...], Measurement] = {}
+        self._quick_keys: set[tuple[float, ...]] = set()  # cache entries read without timing repeats
         self.evaluations = 0
         self.rechecked: set[tuple[float, ...]] = set()
         self.stage = "anchors"
@@ -327,6 +345,8 @@ class ThresholdSearch:
         self.stage = "anchors"
         reference = self.measure([0.0] * p)
         fastest = self.measure([1.0] * p)
+        for u in self.anchors:
+            self._timed(u)
         try:
             for s in self.coarse:
                 self.measure([s] * p)
@@ -344,6 +364,8 @@ class ThresholdSearch:
             exhausted = True
         self.stage = "preset probes"
         self._probe_floors(reference.quality)
+        self.stage = "ladder"
+        self._ladder(reference)
         best = None
         if self.meets(reference):
             best = reference
@@ -362,6 +384,50 @@ class ThresholdSearch:
             exhausted=exhausted,
         )
 
+    def _timed(self, u: Sequence[float]) -> Measurement:
+        """A timed measurement at ``u`` outside the ``max_evals`` budget (replaces a quick reading)."""
+        key = self._key(u)
+        cached = self.cache.get(key)
+        if cached is not None and key not in self._quick_keys:
+            return cached
+        m = dataclasses.replace(self.evaluate(self.space.thresholds(key)), knobs=key)
+        self.cache[key] = m
+        self._quick_keys.discard(key)
+        if self.progress:
+            self.progress(self.evaluations, self.max_evals, self.stage)
+        return m
+
+    def _quick(self, u: Sequence[float]) -> Measurement:
+        key = self._key(u)
+        if key not in self.cache:
+            self.cache[key] = dataclasses.replace(self.quick(self.space.thresholds(key)), knobs=key)
+            self._quick_keys.add(key)
+            if self.progress:
+                self.progress(self.evaluations, self.max_evals, self.stage)
+        return self.cache[key]
+
+    def _ladder(self, reference: Measurement) -> None:
+        """Per fraction of :attr:`ladder`, bisect the diagonal (quick readings) for the setting that keeps
+        about that fraction of the tokens, then time it."""
+        p = self.space.num_pause_points
+        full = float(np.mean(reference.tokens_kept)) if reference.tokens_kept else 0.0
+        if full <= 0:
+            return
+
+        def kept(m: Measurement) -> float:
+            return float(np.mean(m.tokens_kept)) / full
+
+        for fraction in sorted(self.ladder, reverse=True):
+            lo, hi = 0.0, 1.0  # kept(lo) >= fraction > kept(hi), by monotonicity (up to content effects)
+            while hi - lo > self.ladder_resolution:
+                mid = (lo + hi) / 2
+                if kept(self._quick([mid] * p)) >= fraction:
+                    lo = mid
+                else:
+                    hi = mid
+            best = min((lo, hi), key=lambda s: abs(kept(self._quick([s] * p)) - fraction))
+            self._timed([best] * p)
+
     def _probe_floors(self, reference_quality: float) -> None:
         """Per floor, bisect the diagonal for the largest ``s`` whose quality stays at or above it."""
         p = self.space.num_pause_points
@@ -374,11 +440,7 @@ class ThresholdSearch:
                 hi = min((s for s, m in pts if s > lo and m.quality < level), default=1.0)
                 if hi - lo <= self.floor_resolution:
                     break
-                key = self._key([(lo + hi) / 2] * p)
-                m = dataclasses.replace(self.quick(self.space.thresholds(key)), knobs=key)
-                self.cache[key] = m
-                if self.progress:
-                    self.progress(self.evaluations, self.max_evals, self.stage)
+                self._quick([(lo + hi) / 2] * p)
 
     def _climb(self, rays: list[Ray], start: Ray) -> None:
         p = self.space.num_pause_points

@@ -35,14 +35,18 @@ def serve_command(
     timeout_s: Annotated[float, typer.Option(min=0.001, help="Longest time from admission to the answer, s; then 504 and the request is dropped.")] = 60.0,
     max_upload_mb: Annotated[float, typer.Option(min=0.001, help="Largest upload, MB; larger: 413 before the body is read (Content-Length) or while it streams.")] = 20.0,
     log_level: Annotated[str, typer.Option(help="uvicorn log level: critical|error|warning|info|debug.")] = "info",
+    slo_ms: Annotated[Optional[str], typer.Option(metavar="MS", help="Latency objective, ms from admission to answer: under load, requests without a knob get faster settings (more tokens paused) instead of 503s. Needs a calibration (avit calibrate).")] = None,
 ) -> None:
-    """Serve a model over HTTP: POST /predict (image upload, ?thresholds= | ?preset= | ?latency_budget_ms=), GET /model, GET /health.
+    """Serve a model over HTTP: POST /predict (image upload, ?thresholds= | ?preset= | ?latency_budget_ms=), GET /model, GET /health, GET /metrics.
 
     Overload: beyond --workers + --max-queue requests in progress a request is answered 503 with Retry-After
-    at once; Ctrl-C answers every admitted request before the server exits.
+    at once; with --slo-ms, requests are served at the best quality that still meets the SLO, and a request
+    is answered 503 only when even the fastest setting would miss it. Ctrl-C answers every admitted request
+    before the server exits.
     """
     from avit.serving import serve
 
+    slo = parse_ms(slo_ms, "--slo-ms")
     if log_level not in ("critical", "error", "warning", "info", "debug", "trace"):
         raise InputError(f"--log-level must be one of critical, error, warning, info, debug, got {log_level!r}")
     serve(
@@ -60,8 +64,22 @@ def serve_command(
         max_queue=max_queue,
         timeout_s=timeout_s,
         max_upload_mb=max_upload_mb,
+        slo_ms=slo,
         announce=lambda line: err_console.print(escape(line)),
     )
+
+
+def parse_ms(text: Optional[str], option: str) -> Optional[float]:
+    """``"800"`` → 800.0 ms; None stays None. Raises :class:`InputError` (one line) unless a positive finite number."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(f"{option} must be a number of milliseconds, got {text!r}") from None
+    if not (0 < value < float("inf")):
+        raise InputError(f"{option} must be a positive number of milliseconds, got {text}")
+    return value
 
 
 @app.command("triton-repo")
@@ -83,6 +101,7 @@ def triton_repo_command(
     threads: Annotated[Optional[int], typer.Option(min=1, help="Intra-op threads per instance (onnxruntime intra_op_thread_count; python: the avit runtime's).")] = None,
     plugins: Annotated[Optional[Path], typer.Option(help="Engines: the avit plugin library the server must load (default: the sidecar's, $AVIT_PLUGIN_LIBRARY, build/plugins).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace model folders that already exist.")] = False,
+    slo_ms: Annotated[Optional[str], typer.Option(metavar="MS", help="--backend python: serve under this latency objective, ms (images without pause_thresholds run at the setting avit's SLO controller picks; needs <model>.calib.json).")] = None,
 ) -> None:
     """Write a Triton Inference Server model repository (config.pbtxt + model files) for an avit model."""
     from avit.serving.triton import write_triton_repository
@@ -110,6 +129,7 @@ def triton_repo_command(
         intra_op_threads=threads,
         plugin_library=plugins,
         overwrite=overwrite,
+        slo_ms=parse_ms(slo_ms, "--slo-ms"),
     )
     table = Table(title=f"Triton model repository {escape(str(repo.root))}")
     for col in ("model", "backend", "pause_thresholds", "max_batch_size", "queue", "instances"):
@@ -118,7 +138,7 @@ def triton_repo_command(
         if spec.fixed_thresholds is not None:
             what = "fixed " + fmt_values(spec.fixed_thresholds)
         elif spec.backend == "python" and spec.thresholds_input != "none":
-            what = "per image (optional)"
+            what = "per image (optional)" + (f"; SLO {spec.slo_ms:g} ms" if spec.slo_ms is not None else "")
         else:
             what = {"request": "per request", "optional": "per request (optional)", "none": "-"}[spec.thresholds_input]
         queue = (f"≤ {spec.max_queue_size}" if spec.max_queue_size else "unbounded") if spec.batching else "-"

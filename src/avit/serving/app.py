@@ -10,7 +10,15 @@ Endpoints:
   ``thresholds=0.2,0.4`` | ``preset=NAME`` | ``latency_budget_ms=40`` (the per-request quality knob,
   at most one) and ``mask=true|false``. Answer: JSON with ``tokens_kept``, ``thresholds``, ``preset``,
   ``latency_ms`` (``model``, ``queue``, ``total``), ``batch_size``, ``class_fractions`` and
-  ``mask_png_base64`` (the mask at the image's own size).
+  ``mask_png_base64`` (the mask at the image's own size); under an SLO also ``setting`` and
+  ``"slo": {"ms": S, "met": true|false}``;
+* ``GET /metrics`` — Prometheus text format (:mod:`avit.serving.metrics`): latency histogram, queue
+  length, answers per setting, shed, timeouts, SLO misses, tokens kept.
+
+**Under a latency SLO** (``slo_ms``, ``avit serve --slo-ms``): a request without a knob runs at the setting
+the :class:`~avit.runtime.slo.SloController` picks for its batch (best quality that lets every waiting
+request finish within the SLO, counted from admission; the model's defaults when load allows); a request is
+answered 503 only when even the fastest setting could not answer it in time (or beyond ``max_queue``).
 
 Errors a client causes (undecodable image, bad thresholds, unknown preset, …) answer 422 with
 ``{"detail": "<one line>"}``.
@@ -37,7 +45,7 @@ from avit.errors import AvitError, BackendUnavailableError, InputError
 try:
     from fastapi import FastAPI, File, Query, Request, UploadFile
     from fastapi.concurrency import run_in_threadpool
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, Response
 except ModuleNotFoundError as exc:  # pragma: no cover - depends on the install
     raise BackendUnavailableError(
         f"the avit service needs FastAPI, uvicorn and python-multipart ({exc.name} is missing): pip install 'avit[serve]'"
@@ -45,6 +53,7 @@ except ModuleNotFoundError as exc:  # pragma: no cover - depends on the install
 
 from avit import __version__
 from avit.serving.limits import Admission, RequestLimits
+from avit.serving.metrics import ServiceMetrics
 from avit.serving.predictor import Predictor
 
 
@@ -63,6 +72,7 @@ def create_app(
     max_queue: int | None = None,
     timeout_s: float | None = None,
     max_upload_mb: float | None = None,
+    slo_ms: float | None = None,
     **options,
 ) -> FastAPI:
     """A FastAPI app serving ``model`` (or an existing ``predictor``).
@@ -74,6 +84,8 @@ def create_app(
             once with ``Retry-After`` (None: no limit).
         timeout_s: Longest time from admission to the answer, seconds; then 504 (None: no limit).
         max_upload_mb: Largest upload, MB (10^6 bytes); larger: 413 (None: no limit).
+        slo_ms: Serve under this latency objective, ms from admission to answer (module docstring); needs
+            a calibration of the model on this backend. With ``predictor``, give it to the predictor instead.
         **options: :class:`Predictor` keyword arguments (``max_batch``, ``max_wait_ms``, ``workers``,
             ``intra_op_threads``, ``providers``, ``calibration``, ``backend``, ``inference_precision``).
 
@@ -85,15 +97,19 @@ def create_app(
     """
     _check_limits(max_queue, timeout_s, max_upload_mb)
     if predictor is None:
-        predictor = Predictor(model, **options)
-    elif options:
-        raise InputError(f"give either a predictor or options ({', '.join(options)}), not both")
+        predictor = Predictor(model, slo_ms=slo_ms, **options)
+    elif options or slo_ms is not None:
+        raise InputError(f"give either a predictor or options ({', '.join([*options, *(['slo_ms'] if slo_ms else [])])}), not both")
     admission = Admission(max_queue, workers=predictor.batcher.workers)
+    controller = predictor.batcher.controller
     limits = {
         "max_queue": max_queue,
         "timeout_s": timeout_s,
         "max_upload_mb": max_upload_mb,
+        "slo_ms": None if controller is None else controller.slo_s * 1e3,
     }
+    info = predictor.session.info
+    metrics = ServiceMetrics(info.pause_points, lambda: predictor.batcher.queue_length, limits["slo_ms"])
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -109,12 +125,17 @@ def create_app(
     app.state.predictor = predictor
     app.state.admission = admission
     app.state.limits = limits
+    app.state.metrics = metrics
     app.add_middleware(
         RequestLimits,
         admission=admission,
         max_upload_bytes=None if max_upload_mb is None else int(float(max_upload_mb) * 1e6),
         timeout_s=timeout_s,
         paths=("/predict",),
+        slo_check=None if controller is None else predictor.batcher.admit,
+        retry_after=None if controller is None else predictor.batcher.retry_after_s,
+        on_shed=lambda reason: metrics.shed.labels(reason).inc(),
+        on_timeout=metrics.timeouts.inc,
     )
 
     @app.exception_handler(AvitError)
@@ -135,11 +156,20 @@ def create_app(
 
     @app.get("/model")
     async def model_card() -> dict:
-        """The model's avit metadata, presets, the batching settings and the request limits."""
-        return {**predictor.model_card(), "limits": limits}
+        """The model's avit metadata, presets, the batching settings, the request limits and the SLO ladder."""
+        card = {**predictor.model_card(), "limits": limits}
+        if controller is not None:
+            card["slo"] = controller.snapshot()
+        return card
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        """Prometheus text exposition (see avit.serving.metrics)."""
+        return Response(metrics.render(), media_type=metrics.content_type)
 
     @app.post("/predict")
     async def predict(
+        request: Request,
         image: Annotated[UploadFile, File(description="The image (PNG, JPEG, … anything Pillow reads).")],
         thresholds: Annotated[Optional[str], Query(description="Pause thresholds, one per pause point, e.g. 0.2,0.4 (inf: pause everything).")] = None,
         preset: Annotated[Optional[str], Query(description="A calibration preset, e.g. balanced (see GET /model).")] = None,
@@ -147,12 +177,17 @@ def create_app(
         mask: Annotated[bool, Query(description="Include the mask as base64 PNG.")] = True,
     ) -> dict:
         """Segment one image with this request's quality knob (batched with concurrent requests that share it)."""
-        received = time.perf_counter()
+        received = getattr(request.state, "avit_admitted", None) or time.perf_counter()
         data = await image.read()
         x, size = await run_in_threadpool(predictor.prepare, data, image.filename or "image")
-        future = predictor.submit(x, thresholds=thresholds, preset=preset, latency_budget_ms=latency_budget_ms)
+        future = predictor.submit(x, thresholds=thresholds, preset=preset, latency_budget_ms=latency_budget_ms, admitted=received)
         result = await asyncio.wrap_future(future)
-        return await run_in_threadpool(lambda: predictor.respond(result, size, mask=mask, received=received))
+        body = await run_in_threadpool(lambda: predictor.respond(result, size, mask=mask, received=received))
+        total_s = time.perf_counter() - received
+        slo = body.get("slo")
+        metrics.answered(total_s, body.get("setting") or ",".join(f"{t:g}" for t in result.thresholds.tolist()),
+                         body["tokens_kept"], info.num_patches, None if slo is None else slo["met"])
+        return body
 
     return app
 
@@ -202,10 +237,13 @@ def serve(
         def show(value, unit=""):
             return "unlimited" if value is None else f"{value:g}{unit}"
 
+        slo = "" if b.controller is None else (
+            f"SLO {b.controller.slo_s * 1e3:g} ms over {len(b.controller.settings)} settings "
+            f"({b.controller.settings[0].label} … {b.controller.settings[-1].label}); ")
         announce(
-            f"serving {model} on http://{host}:{port} (max batch {b.max_batch}, max wait {b.max_wait_s * 1e3:g} ms, "
+            f"serving {model} on http://{host}:{port} ({slo}max batch {b.max_batch}, max wait {b.max_wait_s * 1e3:g} ms, "
             f"{b.workers} worker{'s' if b.workers > 1 else ''}; queue {show(limits['max_queue'])}, timeout "
-            f"{show(limits['timeout_s'], ' s')}, uploads {show(limits['max_upload_mb'], ' MB')}); POST /predict, GET /model, GET /health"
+            f"{show(limits['timeout_s'], ' s')}, uploads {show(limits['max_upload_mb'], ' MB')}); POST /predict, GET /model, GET /health, GET /metrics"
         )
     grace = None if limits["timeout_s"] is None else float(limits["timeout_s"]) + 5.0
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=grace)

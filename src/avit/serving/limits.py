@@ -15,7 +15,9 @@ Two pieces:
             without ``Content-Length`` (chunked) is counted while the app reads it and answered 413 as
             soon as it passes the limit.
   503       admission refused, answered at once: ``Retry-After`` (seconds, from the measured service
-            time) and a one-line ``detail``.
+            time) and a one-line ``detail``. Refused are a request beyond ``workers + max_queue`` in
+            progress (the memory guard), and under an SLO one that even the fastest setting could not
+            answer in time (the ``slo`` check, :meth:`avit.runtime.MicroBatcher.admit`).
   504       no answer within ``timeout_s`` of admission: the request is cancelled (a request still
             waiting in the micro-batcher never runs) and the client gets a one-line ``detail``.
   ========  =============================================================================================
@@ -68,6 +70,7 @@ class Admission:
         self._active = 0
         self._admitted = 0
         self._shed = 0
+        self._shed_slo = 0
         self._timed_out = 0
         self._service_s: float | None = None
 
@@ -76,15 +79,22 @@ class Admission:
         """Most requests admitted at a time (None: unbounded)."""
         return None if self.max_queue is None else self.workers + self.max_queue
 
-    def try_acquire(self) -> bool:
-        """Admit one request (True) or shed it (False, counted)."""
+    def try_acquire(self, slo_check: Callable[[], bool] | None = None) -> str | None:
+        """Admit one request (None) or shed it, counted: ``"queue_full"`` beyond the limit, ``"slo"`` when
+        ``slo_check()`` says the SLO cannot be met."""
         with self._lock:
             if self.limit is not None and self._active >= self.limit:
                 self._shed += 1
-                return False
+                return "queue_full"
+        if slo_check is not None and not slo_check():
+            with self._lock:
+                self._shed += 1
+                self._shed_slo += 1
+            return "slo"
+        with self._lock:
             self._active += 1
             self._admitted += 1
-            return True
+            return None
 
     def release(self, service_s: float | None = None) -> None:
         """A request admitted by :meth:`try_acquire` is answered (``service_s``: its time in the service)."""
@@ -106,9 +116,10 @@ class Admission:
         return max(1, math.ceil(mean))
 
     def stats(self) -> dict[str, int | None]:
-        """``{"active", "admitted", "shed", "timed_out", "limit"}`` since the start."""
+        """``{"active", "admitted", "shed", "shed_slo", "timed_out", "limit"}`` since the start."""
         with self._lock:
-            return {"active": self._active, "admitted": self._admitted, "shed": self._shed, "timed_out": self._timed_out, "limit": self.limit}
+            return {"active": self._active, "admitted": self._admitted, "shed": self._shed, "shed_slo": self._shed_slo,
+                    "timed_out": self._timed_out, "limit": self.limit}
 
 
 class _TooLarge(Exception):
@@ -141,6 +152,13 @@ class RequestLimits:
         max_upload_bytes: Largest request body on the guarded paths, bytes (None: no limit).
         timeout_s: Longest time from admission to the answer, seconds (None: no limit).
         paths: Guarded request paths (others pass through untouched).
+        slo_check: Under an SLO: ``() -> bool``, whether a new request can still be answered in time
+            (else 503); ``retry_after``: ``() -> int`` seconds for its ``Retry-After``.
+        on_shed, on_timeout: Called with the reason (``"queue_full"`` / ``"slo"``) of each 503, and on each
+            504 (metrics).
+
+    The admission time (``time.perf_counter()``, s) is put in ``scope["state"]["avit_admitted"]``
+    (``request.state.avit_admitted`` in FastAPI): the SLO counts from there.
     """
 
     def __init__(
@@ -151,8 +169,16 @@ class RequestLimits:
         max_upload_bytes: int | None = None,
         timeout_s: float | None = None,
         paths: Iterable[str] = ("/predict",),
+        slo_check: Callable[[], bool] | None = None,
+        retry_after: Callable[[], int] | None = None,
+        on_shed: Callable[[str], None] | None = None,
+        on_timeout: Callable[[], None] | None = None,
     ) -> None:
         self.app = app
+        self.slo_check = slo_check
+        self.retry_after = retry_after
+        self.on_shed = on_shed
+        self.on_timeout = on_timeout
         self.admission = admission
         self.max_upload_bytes = max_upload_bytes
         self.timeout_s = timeout_s
@@ -173,12 +199,21 @@ class RequestLimits:
             if declared > limit:
                 await _answer(send, 413, f"upload of {declared} bytes is larger than the limit of {limit} bytes (--max-upload-mb)")
                 return
-        if self.admission is not None and not self.admission.try_acquire():
-            retry = self.admission.retry_after_s()
-            await _answer(send, 503, f"the server is busy ({self.admission.limit} requests in progress); retry after {retry} s",
-                          [(b"retry-after", str(retry).encode())])
-            return
         started = time.perf_counter()
+        if self.admission is not None:
+            refused = self.admission.try_acquire(self.slo_check)
+            if refused is not None:
+                if self.on_shed is not None:
+                    self.on_shed(refused)
+                if refused == "slo":
+                    retry = self.retry_after() if self.retry_after is not None else 1
+                    detail = f"the server cannot answer within its SLO now, even at its fastest setting; retry after {retry} s"
+                else:
+                    retry = self.admission.retry_after_s()
+                    detail = f"the server is busy ({self.admission.limit} requests in progress); retry after {retry} s"
+                await _answer(send, 503, detail, [(b"retry-after", str(retry).encode())])
+                return
+        scope.setdefault("state", {})["avit_admitted"] = started
         try:
             await self._guarded(scope, receive, send, limit)
         finally:
@@ -214,6 +249,8 @@ class RequestLimits:
         except asyncio.TimeoutError:
             if self.admission is not None:
                 self.admission.timed_out()
+            if self.on_timeout is not None:
+                self.on_timeout()
             if not state["started"]:
                 await _answer(send, 504, f"no answer within {self.timeout_s:g} s (--timeout-s): the server is busy, the request was dropped")
             return

@@ -48,7 +48,8 @@ class Predictor:
     Args:
         model: ``.onnx`` (or ``.engine``) path; or give ``session``.
         session: An open :class:`AdaptiveSession` to serve instead of opening ``model``.
-        max_batch, max_wait_ms, workers: see :class:`~avit.runtime.batching.MicroBatcher`.
+        max_batch, max_wait_ms, workers, slo_ms: see :class:`~avit.runtime.batching.MicroBatcher` (``slo_ms``:
+            requests without a knob run at the setting the SLO controller picks; needs a calibration).
         intra_op_threads, providers, calibration, backend, inference_precision: passed to
             :class:`AdaptiveSession`.
 
@@ -70,6 +71,7 @@ class Predictor:
         calibration: str | os.PathLike | bool | None = None,
         backend: str | None = None,
         inference_precision: str | None = None,
+        slo_ms: float | None = None,
     ) -> None:
         if session is None:
             if model is None:
@@ -77,7 +79,7 @@ class Predictor:
             session = AdaptiveSession(model, providers, intra_op_threads=intra_op_threads, calibration=calibration,
                                       backend=backend, inference_precision=inference_precision)
         self.session = session
-        self.batcher = MicroBatcher(session, max_batch=max_batch, max_wait_ms=max_wait_ms, workers=workers)
+        self.batcher = MicroBatcher(session, max_batch=max_batch, max_wait_ms=max_wait_ms, workers=workers, slo_ms=slo_ms)
 
     # ------------------------------------------------------------------ description
     def model_card(self) -> dict[str, Any]:
@@ -137,23 +139,31 @@ class Predictor:
         thresholds: str | Sequence[float] | None = None,
         preset: str | None = None,
         latency_budget_ms: float | None = None,
+        admitted: float | None = None,
     ) -> Future:
-        """Queue a prepared image with its knob (``thresholds`` may be the query string). Raises :class:`InputError`."""
+        """Queue a prepared image with its knob (``thresholds`` may be the query string; ``admitted``: the
+        ``time.perf_counter()`` of admission, where an SLO counts from). Raises :class:`InputError`."""
         if isinstance(thresholds, str):
             thresholds = parse_thresholds_param(thresholds)
         preset = preset or None
-        return self.batcher.submit(x, thresholds, preset=preset, latency_budget_ms=latency_budget_ms)
+        return self.batcher.submit(x, thresholds, preset=preset, latency_budget_ms=latency_budget_ms, admitted=admitted)
 
     def respond(self, result: BatchedResult, size: tuple[int, int], *, mask: bool = True, received: float | None = None) -> dict[str, Any]:
         """JSON-ready answer for one request's result.
 
         ``mask``: include the mask as base64 PNG at the image's own size (one channel: 8-bit grey
-        probability; several: palette colours of the argmax class).
+        probability; several: palette colours of the argmax class). ``received``: the
+        ``time.perf_counter()`` of admission (the answer's ``latency_ms.total`` and, under an SLO,
+        ``slo.met`` count from it).
+
+        One output channel is the probability of the *positive* class: its fraction is named by the last
+        class name (``["background", "salient"]`` → ``"salient"``).
         """
+        started = time.perf_counter()
         info = self.session.info
         probs = result.probabilities(info.output_activation)[0]
         if probs.shape[0] == 1:
-            fractions = {(info.class_names[0] if info.class_names else "foreground"): float((probs[0] > 0.5).mean())}
+            fractions = {(info.class_names[-1] if info.class_names else "foreground"): float((probs[0] > 0.5).mean())}
         else:
             winners = np.bincount(probs.argmax(axis=0).ravel(), minlength=probs.shape[0]) / probs[0].size
             names = list(info.class_names) if len(info.class_names) == probs.shape[0] else [str(i) for i in range(probs.shape[0])]
@@ -178,6 +188,15 @@ class Predictor:
             buffer = io.BytesIO()
             mask_image(probs, size).save(buffer, format="PNG")
             body["mask_png_base64"] = base64.b64encode(buffer.getvalue()).decode("ascii")
+        controller = self.batcher.controller
+        if controller is not None:
+            body["setting"] = result.setting
+            if received is not None:
+                done = time.perf_counter()
+                total_ms = (done - received) * 1e3
+                body["latency_ms"]["total"] = round(total_ms, 3)
+                body["slo"] = {"ms": controller.slo_s * 1e3, "met": bool(total_ms <= controller.slo_s * 1e3)}
+                controller.observe_overhead(total_ms - result.queue_ms - result.latency_ms, (done - started) * 1e3)
         return body
 
     def predict(
@@ -194,7 +213,7 @@ class Predictor:
         """Blocking: :meth:`prepare`, :meth:`submit`, wait, :meth:`respond`. Raises :class:`InputError`."""
         received = time.perf_counter()
         x, size = self.prepare(data, name)
-        future = self.submit(x, thresholds=thresholds, preset=preset, latency_budget_ms=latency_budget_ms)
+        future = self.submit(x, thresholds=thresholds, preset=preset, latency_budget_ms=latency_budget_ms, admitted=received)
         return self.respond(future.result(timeout), size, mask=mask, received=received)
 
     def close(self) -> None:

@@ -58,6 +58,8 @@ class TritonModelSpec:
         runtime: python backend: ``AdaptiveSession`` backend, ``"onnxruntime"`` or ``"openvino"``.
         providers: python backend with ONNX Runtime: execution providers (default CPU).
         comment: Lines written as ``#`` comments at the top.
+        slo_ms: python backend: serve under this latency objective, ms (``AVIT_SLO_MS``; adds the output
+            ``pause_thresholds_used``); None: no SLO.
     """
 
     name: str
@@ -78,6 +80,7 @@ class TritonModelSpec:
     runtime: str = "onnxruntime"
     providers: tuple[str, ...] = ()
     comment: tuple[str, ...] = ()
+    slo_ms: float | None = None
 
     @property
     def batching(self) -> bool:
@@ -150,6 +153,17 @@ def config_pbtxt(spec: TritonModelSpec) -> str:
         "    data_type: TYPE_INT64",
         f"    dims: {_dims([*batch, spec.num_pause_points])}",
         "  }",
+    ]
+    if spec.slo_ms is not None:
+        lines[-1] += ","
+        lines += [
+            "  {",
+            '    name: "pause_thresholds_used"',
+            "    data_type: TYPE_FP32",
+            f"    dims: {_dims([*batch, spec.num_pause_points])}",
+            "  }",
+        ]
+    lines += [
         "]",
         "instance_group [",
         "  {",
@@ -179,6 +193,8 @@ def config_pbtxt(spec: TritonModelSpec) -> str:
         if spec.fixed_thresholds is not None:
             values = ",".join(str(json_float(v)) for v in spec.fixed_thresholds)
             lines += [_parameter("AVIT_THRESHOLDS", values)]
+        if spec.slo_ms is not None:
+            lines += [_parameter("AVIT_SLO_MS", f"{spec.slo_ms:g}")]
     elif spec.intra_op_threads is not None and spec.backend == "onnxruntime":
         lines += [_parameter("intra_op_thread_count", str(int(spec.intra_op_threads)))]
     return "\n".join(lines) + "\n"

@@ -22,7 +22,16 @@ Model-config ``parameters`` read here (written by ``avit triton-repo``):
 * ``AVIT_INTRA_OP_THREADS`` — threads inside one operator (0: the runtime's default);
 * ``AVIT_PROVIDERS`` — ONNX Runtime execution providers, comma-separated (default CPU);
 * ``AVIT_THRESHOLDS`` — comma-separated thresholds used instead of the model's defaults (fixed-threshold
-  models, whose config has no ``pause_thresholds`` input).
+  models, whose config has no ``pause_thresholds`` input);
+* ``AVIT_SLO_MS`` — serve under this latency objective (``avit triton-repo --slo-ms``): images sent without
+  ``pause_thresholds`` run at the setting an :class:`avit.runtime.slo.SloController` picks per ``execute``
+  call, from the calibration ``model.calib.json`` beside the model file; the output
+  ``pause_thresholds_used`` ``[B, P]`` says which. What this backend can observe is less than ``avit serve``
+  sees: the requests of each ``execute`` call and its own call times. It cannot see when a request arrived
+  (its deadline is estimated from the start of the previous ``execute`` call: a request that waited longer
+  in Triton's queue, behind a full batch, is taken as younger than it is), nor how many requests still wait
+  in Triton's queue, nor the HTTP/gRPC time outside ``execute``; and it cannot refuse a request —
+  admission is Triton's queue policy (``default_timeout_microseconds`` = the SLO, ``REJECT``).
 
 A request the model cannot run (NaN or negative thresholds, keep ratios above 1, non-finite pixels) gets
 its own error response (``pb_utils.TritonError``, one line; HTTP 400 / gRPC INVALID_ARGUMENT); the other
@@ -34,6 +43,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -101,9 +111,23 @@ class TritonPythonModel:
         except Exception as exc:  # noqa: BLE001
             raise pb_utils.TritonModelException(f"AVIT_THRESHOLDS={fixed}: {_one_line(exc)}") from None
         self.defaults = defaults.reshape(1, -1)
+        self.controller = None
+        slo = params.get("AVIT_SLO_MS", "")
+        if slo and self.num_pause_points:
+            from avit.runtime.batching import slo_controller
+            from avit.metadata.calibration import calibration_path
 
-    def _inputs(self, request) -> tuple[np.ndarray, np.ndarray]:
-        """One request → validated (images ``[n, C, H, W]``, thresholds ``[n, P]``). Raises InputError."""
+            try:
+                session = AdaptiveSession(path, providers, **{**options, "calibration": calibration_path(path)})
+                self.session = session
+                self.controller = slo_controller(session, float(slo))
+            except Exception as exc:  # noqa: BLE001
+                raise pb_utils.TritonModelException(f"AVIT_SLO_MS={slo}: {_one_line(exc)}") from None
+        self._last_start = None  # perf_counter of the previous execute call: the requests of this one came after
+
+    def _inputs(self, request) -> tuple[np.ndarray, np.ndarray, bool]:
+        """One request → validated (images ``[n, C, H, W]``, thresholds ``[n, P]``, whether the request gave
+        its thresholds). Raises InputError."""
         from avit.errors import InputError
 
         images = pb_utils.get_input_tensor_by_name(request, "images")
@@ -113,11 +137,23 @@ class TritonPythonModel:
         n = x.shape[0]
         given = pb_utils.get_input_tensor_by_name(request, "pause_thresholds")
         if given is None or not self.num_pause_points:
-            t = np.repeat(self.defaults, n, axis=0)
-        else:
-            t = np.asarray(given.as_numpy(), dtype=np.float32).reshape(n, -1)
-            t = np.stack([self.session.thresholds(row) for row in t])
-        return x, t
+            return x, np.repeat(self.defaults, n, axis=0), False
+        t = np.asarray(given.as_numpy(), dtype=np.float32).reshape(n, -1)
+        return x, np.stack([self.session.thresholds(row) for row in t]), True
+
+    def _slo_thresholds(self, work: list) -> tuple[np.ndarray | None, int | None]:
+        """Under an SLO: the controller's thresholds for the images sent without their own, and the setting."""
+        from avit.runtime.slo import Waiting
+
+        now = time.perf_counter()
+        arrived = self._last_start if self._last_start is not None else now
+        self._last_start = now
+        auto = sum(x.shape[0] for _, x, _, own in work if not own)
+        if not auto:
+            return None, None
+        waiting = [Waiting(self.controller.deadline(arrived), 1) for _ in range(auto)]
+        choice = self.controller.choose(waiting, now, batch=auto)
+        return np.asarray(self.controller.settings[choice.index].thresholds, dtype=np.float32), choice.index
 
     def execute(self, requests: list) -> list:
         """Answer each request (in order): its logits and tokens kept, or its own error."""
@@ -125,15 +161,19 @@ class TritonPythonModel:
         work: list[tuple[int, np.ndarray, np.ndarray]] = []
         for index, request in enumerate(requests):
             try:
-                x, t = self._inputs(request)
+                x, t, own = self._inputs(request)
             except Exception as exc:  # noqa: BLE001  (InputError: the client's fault; answered alone)
                 responses[index] = pb_utils.InferenceResponse(output_tensors=[], error=_error(_one_line(exc)))
                 continue
-            work.append((index, x, t))
+            work.append((index, x, t, own))
+        if self.controller is not None:
+            chosen, _ = self._slo_thresholds(work)
+            if chosen is not None:
+                work = [(i, x, t if own else np.repeat(chosen[None], x.shape[0], axis=0), own) for i, x, t, own in work]
 
         # every image at its own thresholds; images with equal thresholds share one call
         groups: dict[bytes, list[tuple[int, int]]] = {}
-        for slot, (_, x, t) in enumerate(work):
+        for slot, (_, x, t, _own) in enumerate(work):
             for row in range(x.shape[0]):
                 groups.setdefault(t[row].tobytes(), []).append((slot, row))
         logits = [None] * len(work)
@@ -149,6 +189,10 @@ class TritonPythonModel:
                 for slot, _ in members:
                     failed[slot] = _one_line(exc)
                 continue
+            if self.controller is not None:  # the running estimate learns from every call on the ladder
+                index = self.controller.index_of(thresholds)
+                if index is not None:
+                    self.controller.observe(index, batch.shape[0], result.latency_ms)
             for k, (slot, row) in enumerate(members):
                 n = work[slot][1].shape[0]
                 if logits[slot] is None:
@@ -157,16 +201,17 @@ class TritonPythonModel:
                 logits[slot][row] = result.logits[k]
                 tokens[slot][row] = result.tokens_kept[k]
 
-        for slot, (index, _, _) in enumerate(work):
+        for slot, (index, _, t, _own) in enumerate(work):
             if slot in failed:
                 responses[index] = pb_utils.InferenceResponse(output_tensors=[], error=_error(failed[slot], "INTERNAL"))
                 continue
-            responses[index] = pb_utils.InferenceResponse(
-                output_tensors=[
-                    pb_utils.Tensor("logits", np.ascontiguousarray(logits[slot], dtype=np.float32)),
-                    pb_utils.Tensor("tokens_kept", np.ascontiguousarray(tokens[slot], dtype=np.int64)),
-                ]
-            )
+            outputs = [
+                pb_utils.Tensor("logits", np.ascontiguousarray(logits[slot], dtype=np.float32)),
+                pb_utils.Tensor("tokens_kept", np.ascontiguousarray(tokens[slot], dtype=np.int64)),
+            ]
+            if self.controller is not None:
+                outputs.append(pb_utils.Tensor("pause_thresholds_used", np.ascontiguousarray(t, dtype=np.float32)))
+            responses[index] = pb_utils.InferenceResponse(output_tensors=outputs)
         return responses
 
     def finalize(self) -> None:

@@ -208,6 +208,32 @@ def _presets(model: Path, info: ModelInfo, names: Sequence[str]) -> dict[str, tu
     return settings
 
 
+def _slo_calibration(model: Path, info: ModelInfo, backend: str, slo_ms: float):
+    """The calibration an SLO model is served with (checked: model, backend, reachable SLO).
+
+    Raises:
+        InputError: not the python backend, a static model, or ``slo_ms`` not positive / below the fastest
+            setting. ArtifactError: no calibration beside the model, or one for another model file.
+    """
+    from avit.metadata.calibration import calibration_path, load_calibration
+    from avit.runtime.slo import _positive_ms, settings_from_calibration
+
+    slo = _positive_ms(slo_ms, "slo_ms")
+    if backend != "python":
+        raise InputError("--slo-ms needs --backend python (the avit runtime inside Triton chooses the thresholds per call)")
+    if info.num_pause_points == 0:
+        raise InputError("a static model has no pause thresholds to turn under an SLO")
+    path = calibration_path(model)
+    if not path.is_file():
+        raise ArtifactError(f"--slo-ms needs {path.name} beside the model (run: avit calibrate {model} --target-latency-ms ...)")
+    calib = load_calibration(path)
+    calib.check_model(info, model)
+    fastest = min(s.per_image_ms for s in settings_from_calibration(calib, ceiling="front"))
+    if slo < fastest:
+        raise InputError(f"an SLO of {slo:g} ms is below the fastest setting's calibrated latency ({fastest:.1f} ms per image)")
+    return calib
+
+
 def write_triton_repository(
     model: str | Path,
     output: str | Path,
@@ -226,6 +252,7 @@ def write_triton_repository(
     intra_op_threads: int | None = None,
     plugin_library: str | Path | None = None,
     overwrite: bool = False,
+    slo_ms: float | None = None,
 ) -> TritonRepository:
     """Write a Triton model repository serving ``model`` (``.onnx``, ``.engine`` or OpenVINO ``.xml``).
 
@@ -252,6 +279,9 @@ def write_triton_repository(
         plugin_library: Engines: the plugin library the README's command loads (default: the
             sidecar's, $AVIT_PLUGIN_LIBRARY, the build folders; None is allowed and noted).
         overwrite: Replace existing model folders of the same names.
+        slo_ms: python backend: the per-request-threshold model serves under this latency objective, ms
+            (:mod:`avit.runtime.slo`; the model's calibration ``<model>.calib.json`` is copied beside it, the
+            queue policy rejects requests that waited longer than the SLO). None: no SLO.
 
     Raises:
         ArtifactError: not an avit artifact, engine without sidecar, no calibration for ``presets``.
@@ -290,6 +320,9 @@ def write_triton_repository(
     p = info.num_pause_points
     if runtime is not None and backend != "python":
         raise InputError(f"runtime {runtime!r} applies to the python backend only (--backend python)")
+    calibration = _slo_calibration(model, info, backend, slo_ms) if slo_ms is not None else None
+    if calibration is not None:
+        queue_timeout_s = slo_ms / 1e3  # Triton's queue policy: a request that waited the whole SLO is rejected
 
     settings: dict[str, tuple[float, ...]] = {}
     if presets:
@@ -345,7 +378,11 @@ def write_triton_repository(
             f"{'python backend: avit.runtime.AdaptiveSession (' + base['runtime'] + ')'}; pause_thresholds [B, {p}]: one row "
             f"per image (optional: default {_json(info.default_thresholds)}), so the dynamic batcher groups any requests",
         )
-        specs.append((TritonModelSpec(name, thresholds_input="optional", max_batch=max_batch, comment=comment, **base), None))
+        if calibration is not None:
+            comment = (*comment, f"under an SLO of {slo_ms:g} ms: images sent without pause_thresholds run at the setting "
+                       "avit.runtime.slo picks per execute call (output pause_thresholds_used)")
+        specs.append((TritonModelSpec(name, thresholds_input="optional", max_batch=max_batch, comment=comment,
+                                      **{**base, "slo_ms": slo_ms, "queue_timeout_us": int(round(queue_timeout_s * 1e6))}), None))
     else:
         mode = "request" if engine else "optional"
         comment = (
@@ -395,6 +432,11 @@ def write_triton_repository(
             for source, target in artifact.files():
                 atomic_write(version / target, lambda tmp, s=source: shutil.copyfile(s, tmp))
             atomic_write(version / "model.py", lambda tmp: shutil.copyfile(PYTHON_MODEL, tmp))
+            if spec.slo_ms is not None:
+                from avit.metadata.calibration import calibration_path
+
+                target = calibration_path(version / artifact.files()[0][1])
+                atomic_write(target, lambda tmp: shutil.copyfile(calibration.path, tmp))
         elif engine:
             atomic_write(version / spec.file_name, lambda tmp: shutil.copyfile(model, tmp))
         else:
