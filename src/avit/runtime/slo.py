@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 import threading
 import time
 from collections import deque
@@ -274,8 +275,9 @@ class SloController:
         self.clock = clock
         self._lock = threading.Lock()
         self._busy_until: list[float] = []  # predicted end of each call in flight
-        self._overhead_s = 0.0  # time from admission to answer outside the model call (decode, answer), EWMA
-        self._post_s = 0.0  # the part of it after the model call (building the answer), EWMA
+        self._overhead_s = 0.0  # time from admission to answer outside the model call (decode, answer), median
+        self._post_s = 0.0  # the part of it after the model call (building the answer), median
+        self._outside: deque[tuple[float, float]] = deque(maxlen=32)
         self.fastest = min(range(len(self.settings)), key=lambda i: self.settings[i].per_image_ms)
         self.rate_window_s = float(rate_window_s)
         self._arrivals: deque[float] = deque()
@@ -319,9 +321,12 @@ class SloController:
             return self.times.per_image_ms(index)
 
     def _cost_s(self, w: Waiting, index: int) -> float:
+        """Predicted time one waiting request holds the machine: its model time at its setting plus the
+        time spent outside the model per request (decoding, answering): on a small CPU that work competes
+        with the model for the same cores, so it is counted as serial (a little pessimistic where it is not)."""
         own = w.setting if w.setting is not None else index
         own = 0 if own == -1 else own  # a fixed knob outside the ladder: as slow as the best setting
-        return self.times.per_image_ms(own) * w.images / 1e3
+        return self.times.per_image_ms(own) * w.images / 1e3 + self._overhead_s
 
     def _backlog_s(self, now: float) -> float:
         """Predicted time until a worker is free, s (0 when one is idle)."""
@@ -383,7 +388,7 @@ class SloController:
         now = self.clock() if now is None else now
         with self._lock:
             self._arrivals.append(now)
-            new = Waiting(now + self.slo_s - (self._overhead_s - self._post_s), images)
+            new = Waiting(now + self.slo_s, images)
             start = now + self._backlog_s(now)
             ahead = sum(self._cost_s(w, self.fastest) for w in waiting if w.deadline <= new.deadline)
             work = (ahead + self._cost_s(new, self.fastest)) / self.workers * math.exp(2 * self.times.spread)
@@ -417,18 +422,18 @@ class SloController:
         with self._lock:
             self.times.observe(index, images, model_ms)
 
-    def observe_overhead(self, outside_ms: float, after_ms: float = 0.0, weight: float = 0.1) -> None:
+    def observe_overhead(self, outside_ms: float, after_ms: float = 0.0) -> None:
         """Time of one answered request spent outside its model call, ms: in total, and after the call.
 
-        ``outside_ms`` is admission → answer minus queue and model time (reading and decoding the upload,
-        building the answer); ``after_ms`` the part after the model call. Both enter the predictions as
-        exponential averages with step ``weight``.
+        ``outside_ms`` is the work per request besides the model (reading and decoding the upload, building
+        the answer); ``after_ms`` the part after the model call. The median of the last 32 enters the
+        predictions (a median: the first requests of a process are slow while libraries warm up).
         """
         with self._lock:
-            for attr, value in (("_overhead_s", outside_ms), ("_post_s", after_ms)):
-                if value >= 0 and math.isfinite(value):
-                    old = getattr(self, attr)
-                    setattr(self, attr, value / 1e3 if old == 0 else (1 - weight) * old + weight * value / 1e3)
+            if outside_ms >= 0 and after_ms >= 0 and math.isfinite(outside_ms) and math.isfinite(after_ms):
+                self._outside.append((outside_ms / 1e3, after_ms / 1e3))
+                self._overhead_s = statistics.median(o for o, _ in self._outside)
+                self._post_s = statistics.median(a for _, a in self._outside)
 
     def index_of(self, thresholds: Sequence[float]) -> int | None:
         """Index of the setting with exactly these thresholds, or None."""

@@ -179,10 +179,12 @@ def create_app(
         """Segment one image with this request's quality knob (batched with concurrent requests that share it)."""
         received = getattr(request.state, "avit_admitted", None) or time.perf_counter()
         data = await image.read()
+        prepare_started = time.perf_counter()
         x, size = await run_in_threadpool(predictor.prepare, data, image.filename or "image")
+        prepare_ms = (time.perf_counter() - prepare_started) * 1e3
         future = predictor.submit(x, thresholds=thresholds, preset=preset, latency_budget_ms=latency_budget_ms, admitted=received)
         result = await asyncio.wrap_future(future)
-        body = await run_in_threadpool(lambda: predictor.respond(result, size, mask=mask, received=received))
+        body = await run_in_threadpool(lambda: predictor.respond(result, size, mask=mask, received=received, prepare_ms=prepare_ms))
         total_s = time.perf_counter() - received
         slo = body.get("slo")
         metrics.answered(total_s, body.get("setting") or ",".join(f"{t:g}" for t in result.thresholds.tolist()),

@@ -148,13 +148,15 @@ class Predictor:
         preset = preset or None
         return self.batcher.submit(x, thresholds, preset=preset, latency_budget_ms=latency_budget_ms, admitted=admitted)
 
-    def respond(self, result: BatchedResult, size: tuple[int, int], *, mask: bool = True, received: float | None = None) -> dict[str, Any]:
+    def respond(self, result: BatchedResult, size: tuple[int, int], *, mask: bool = True, received: float | None = None,
+                prepare_ms: float | None = None) -> dict[str, Any]:
         """JSON-ready answer for one request's result.
 
         ``mask``: include the mask as base64 PNG at the image's own size (one channel: 8-bit grey
         probability; several: palette colours of the argmax class). ``received``: the
         ``time.perf_counter()`` of admission (the answer's ``latency_ms.total`` and, under an SLO,
-        ``slo.met`` count from it).
+        ``slo.met`` count from it). ``prepare_ms``: how long :meth:`prepare` took for this request; with the
+        time of this call, the SLO controller's estimate of the work per request outside the model.
 
         One output channel is the probability of the *positive* class: its fraction is named by the last
         class name (``["background", "salient"]`` → ``"salient"``).
@@ -196,7 +198,8 @@ class Predictor:
                 total_ms = (done - received) * 1e3
                 body["latency_ms"]["total"] = round(total_ms, 3)
                 body["slo"] = {"ms": controller.slo_s * 1e3, "met": bool(total_ms <= controller.slo_s * 1e3)}
-                controller.observe_overhead(total_ms - result.queue_ms - result.latency_ms, (done - started) * 1e3)
+                respond_ms = (done - started) * 1e3
+                controller.observe_overhead((prepare_ms or 0.0) + respond_ms, respond_ms)
         return body
 
     def predict(
@@ -213,8 +216,9 @@ class Predictor:
         """Blocking: :meth:`prepare`, :meth:`submit`, wait, :meth:`respond`. Raises :class:`InputError`."""
         received = time.perf_counter()
         x, size = self.prepare(data, name)
+        prepared = time.perf_counter()
         future = self.submit(x, thresholds=thresholds, preset=preset, latency_budget_ms=latency_budget_ms, admitted=received)
-        return self.respond(future.result(timeout), size, mask=mask, received=received)
+        return self.respond(future.result(timeout), size, mask=mask, received=received, prepare_ms=(prepared - received) * 1e3)
 
     def close(self) -> None:
         """Finish queued requests and stop the batcher."""
