@@ -15,7 +15,9 @@ photos: its Pareto front is the controller's ladder). Requests are the held-out 
    against `avit serve --slo-ms SLO` (requests give no knob). For comparison, in the same run: fixed defaults
    at 1.25× and 1.5× (`avit serve` without an SLO, the default `--max-queue 64`), and at 1.25× the best *fixed*
    setting that meets the SLO: the calibration front's settings are tried from best quality down, each for
-   the same time, until one keeps ≥ 99 % of all requests within the SLO.
+   the same time, until one keeps ≥ 99 % of all requests within the SLO (settings whose predicted
+   utilisation — calibrated model time plus the measured time outside the model, × the arrival rate — is
+   ≥ 0.95 cannot hold a queue and are skipped; the predictions are in the JSON).
 3. **Quality**: every answer names the thresholds it ran at; its pixel agreement with the ORIGINAL model
    (`--static`, the original weights' export) is computed offline for that photo at those thresholds (mean
    and worst over the answers).
@@ -298,7 +300,13 @@ def main() -> None:
         # 2a. fixed defaults at 1.25× and 1.5×; 2b. best fixed setting at 1.25× (from the front, best quality down)
         for load in (1.25, 1.5):
             step("fixed defaults", load, fixed.port, "", seed=int(load * 100))
-        for s in ladder[1:]:
+        # a fixed setting whose predicted utilisation at 1.25× (calibrated model time + the measured time outside
+        # the model, per request) is ≥ 0.95 cannot hold a queue: it is skipped, and the prediction reported
+        outside_ms = max(0.0, p50 - ladder[0].per_image_ms)
+        results["fixed_predicted_utilisation_at_1.25"] = {
+            s.label: round(1.25 * capacity * (s.per_image_ms + outside_ms) / 1e3, 3) for s in ladder}
+        candidates = [s for s in ladder[1:] if 1.25 * capacity * (s.per_image_ms + outside_ms) / 1e3 < 0.95] or ladder[-1:]
+        for s in candidates:
             row = step(f"fixed {s.label}", 1.25, fixed.port, "&thresholds=" + key(s.thresholds), seed=125)
             row["setting_quality_pct"] = round(100 * quality[key(s.thresholds)], 2)
             if row["within_slo_pct"] >= 99.0:
@@ -341,7 +349,9 @@ def triton_step(args, x, slo_ms, capacity, key, record, summarize, agreement, de
 
     from avit.serving.triton import TritonServer, write_triton_repository
 
-    repo = write_triton_repository(args.model, tmp / "repo", name="model", backend="python", max_batch=1, instances=1,
+    # max_batch 8, no batcher delay: an execute call gets every request waiting (up to 8), which is all of
+    # Triton's queue this backend can see
+    repo = write_triton_repository(args.model, tmp / "repo", name="model", backend="python", max_batch=8, instances=1,
                                    max_queue_delay_us=0, max_queue_size=256, slo_ms=slo_ms)
     server = TritonServer(repo.root, log=tmp / "triton.log")
     server.start(timeout_s=300)
@@ -382,7 +392,7 @@ def plot(results: dict, path: Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     modes: dict[str, list[dict]] = {}
-    for row in results["steps"]:
+    for row in results["steps"] + ([results["triton"]] if results.get("triton") else []):
         name = "fixed (best at 1.25×)" if row["mode"].startswith("fixed ") and row["mode"] != "fixed defaults" else row["mode"]
         modes.setdefault(name, []).append(row)
     for name, rows in modes.items():
@@ -391,7 +401,7 @@ def plot(results: dict, path: Path) -> None:
         left.plot(loads, [r["p99_ms"] for r in rows], "o-", label=name)
         right.plot(loads, [r["agreement_mean_pct"] for r in rows], "o-", label=name)
     left.axhline(results["slo_ms"], color="grey", ls="--", label="SLO")
-    left.set(xlabel="load (× the defaults' capacity)", ylabel="p99 latency of answers, ms", title="latency")
+    left.set(xlabel="load (× the defaults' capacity)", ylabel="p99 latency of answers, ms (log)", title="latency", yscale="log")
     right.set(xlabel="load (× the defaults' capacity)", ylabel="mean pixel agreement vs original, %", title="quality")
     left.legend(fontsize=8)
     right.legend(fontsize=8)
@@ -401,4 +411,7 @@ def plot(results: dict, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--replot":  # the plot again from a JSON this script wrote
+        plot(json.loads(Path(sys.argv[2]).read_text()), Path(sys.argv[2]).with_suffix(".png"))
+    else:
+        main()

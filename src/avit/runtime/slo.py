@@ -238,6 +238,10 @@ class SloController:
             is shared among them.
         clock: Monotonic clock in seconds (``time.perf_counter``; tests inject a fake one).
         alpha, alpha_setting: Steps of the running service-time estimate (:class:`ServiceTimes`).
+        rate_window_s: The arrival rate is counted over this many seconds (admitted or not).
+        calm: Utilisation (arrival rate × the top setting's time per request, per worker) below which no
+            reserve is kept and a batch may run better than the rest of the queue (a burst at low load
+            drains by itself); the reserve ramps in linearly up to utilisation 1.
 
     Thread-safe: the batcher's runners and the service's admission call it concurrently.
 
@@ -256,8 +260,8 @@ class SloController:
         clock: Callable[[], float] = time.perf_counter,
         alpha: float = 0.2,
         alpha_setting: float = 0.05,
-        rate_window_s: float = 20.0,
-        calm: float = 0.6,
+        rate_window_s: float = 30.0,
+        calm: float = 0.75,
     ) -> None:
         slo = _positive_ms(slo_ms, "slo_ms")
         if not 0 <= float(reserve) < 1:
@@ -391,7 +395,7 @@ class SloController:
             new = Waiting(now + self.slo_s, images)
             start = now + self._backlog_s(now)
             ahead = sum(self._cost_s(w, self.fastest) for w in waiting if w.deadline <= new.deadline)
-            work = (ahead + self._cost_s(new, self.fastest)) / self.workers * math.exp(2 * self.times.spread)
+            work = (ahead + self._cost_s(new, self.fastest)) / self.workers * math.exp(self.times.spread)
             return start + work + self._post_s <= new.deadline
 
     def retry_after_s(self, waiting: Sequence[Waiting], now: float | None = None) -> int:
