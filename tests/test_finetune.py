@@ -162,6 +162,120 @@ def test_finetune_checkpoint_writes_defaults_and_metadata(photos, tmp_path):
         finetune_checkpoint(src, tmp_path, settings, photos=photos, progress=False)
 
 
+# ---------------------------------------------------------------------------------------------- defaults
+#: Made-up agreement of each photo with the original at candidate k: 1 - slope × (k + 1); photo 2 degrades fastest.
+SLOPES = {0: 0.001, 1: 0.001, 2: 0.004, 3: 0.0015}
+GRID = [(round(0.1 * (k + 1), 1),) * 2 for k in range(8)]  # 8 candidates, mildest first
+
+
+@pytest.fixture
+def made_up_agreements(monkeypatch):
+    """Replace the model's candidates and agreements by :data:`SLOPES` (the rule is tested, not the model).
+
+    Images are laid out as :func:`finetune_checkpoint` lays them out: 4 photos plain, then flipped, so
+    image i belongs to photo ``i % 4``. Returns the groups and the settings evaluated."""
+    import avit.adapt.finetune as ft
+
+    groups = [i % 4 for i in range(8)]
+    evaluated = []
+
+    def agreement(model, images, reference_logits, thresholds):
+        thresholds = tuple(float(v) for v in thresholds)
+        evaluated.append(thresholds)
+        k = GRID.index(thresholds) if thresholds in GRID else -1  # -1: nothing paused
+        pixel = [1.0 if k < 0 else 1.0 - SLOPES[g] * (k + 1) for g in groups]
+        return {"thresholds": list(thresholds), "pixel_agreement": pixel, "tokens_kept": [[24, 24]] * len(groups)}
+
+    monkeypatch.setattr(ft, "knob_candidates", lambda model, images: list(GRID))
+    monkeypatch.setattr(ft, "agreement_with_reference", agreement)
+    return groups, evaluated
+
+
+def test_defaults_are_chosen_by_the_worst_fold_of_photos_not_the_mean(made_up_agreements):
+    """Known answers at target 0.9897: folds are photo index mod 3, so photo 2 (the worst) is a fold of
+    its own and holds up to candidate 1 (1 - 0.004·2 = 0.992; at 2: 0.988). The mean over all 8 images
+    holds up to candidate 4 (1 - 0.001875·5 = 0.990625), the mean of the three fold means and folds by image
+    index (photo 2 shares a fold with photo 1) up to 3: each other rule is more aggressive."""
+    from avit.adapt.finetune import choose_defaults_by_folds
+
+    groups, _ = made_up_agreements
+    model = tiny_model(**SALIENCY)
+    chosen, expected, rows = choose_defaults_by_folds(model, None, None, groups, target=0.9897)
+    assert chosen == GRID[1] and expected == pytest.approx(0.992)
+    assert all(r["worst_fold"] == pytest.approx(1 - SLOPES[2] * (GRID.index(tuple(r["thresholds"])) + 1)) for r in rows)
+    # the mean over all images (one fold) really chooses otherwise on these numbers
+    mean_chosen, mean_expected, _ = choose_defaults_by_folds(model, None, None, groups, target=0.9897, folds=1)
+    assert mean_chosen == GRID[4] and mean_expected == pytest.approx(1 - np.mean([SLOPES[g] for g in groups]) * 5)
+    # folds follow the photo, not the image index: both views of photo 2 fall in one fold
+    by_index, _, _ = choose_defaults_by_folds(model, None, None, list(range(8)), target=0.9897)
+    assert by_index == GRID[3]
+
+
+def test_defaults_are_nothing_paused_when_no_setting_passes(made_up_agreements):
+    from avit.adapt.finetune import choose_defaults_by_folds
+
+    groups, evaluated = made_up_agreements
+    model = tiny_model(**SALIENCY)
+    chosen, expected, rows = choose_defaults_by_folds(model, None, None, groups, target=0.9999)
+    assert chosen == (model.config.nothing_paused_value,) * 2 == (0.0, 0.0) and expected == 1.0
+    assert evaluated[-1] == (0.0, 0.0) and GRID[0] in evaluated  # the mildest candidate was tried and failed
+    assert all(r["worst_fold"] < 0.9999 for r in rows)
+
+
+@pytest.mark.parametrize("target", [99.5, 0.0, -0.1, 1.5, float("nan"), True])
+def test_target_agreement_must_be_a_fraction(target, made_up_agreements):
+    from avit.adapt.finetune import choose_defaults_by_folds
+
+    groups, evaluated = made_up_agreements
+    with pytest.raises(InputError, match=r"target agreement must be a fraction in \(0, 1\]") as info:
+        choose_defaults_by_folds(tiny_model(**SALIENCY), None, None, groups, target=target)
+    assert not evaluated and "\n" not in str(info.value)
+    if target == 99.5:
+        assert str(info.value).endswith("got 99.5 (for 99.5 % give 0.995)")
+
+
+# ---------------------------------------------------------------------------------------------- time budget
+class FakeProgress:
+    """A ``rich.progress.Progress`` stand-in whose fine-tuning steps advance an injected clock by ``dt`` s."""
+
+    def __init__(self, dt: float) -> None:
+        self.now, self.dt, self.tasks, self.totals = 0.0, dt, {}, []
+
+    def clock(self) -> float:
+        return self.now
+
+    def add_task(self, description, total=None):
+        self.tasks[len(self.tasks)] = description
+        return len(self.tasks) - 1
+
+    def advance(self, task):
+        if self.tasks[task] == "fine-tuning with token removal":
+            self.now += self.dt
+
+    def update(self, task, total=None):
+        self.totals.append(total)
+
+
+def test_the_minutes_cap_ends_training_before_its_steps(photos):
+    """Each step takes 25 s on the injected clock: a 1-minute cap stops 200 planned steps after 3
+    (the cap is checked before a step: 0, 25, 50 s start one; at 75 s the minute is over)."""
+    model = tiny_model(**SALIENCY)
+    fake = FakeProgress(dt=25.0)
+    report = finetune(model, photos, FinetuneSettings(steps=200, minutes=1.0, views=2), progress=fake, clock=fake.clock)
+    assert report.steps == len(report.losses) == 3 and report.seconds == 75.0
+    assert report.settings["steps"] == 200 and report.settings["minutes"] == 1.0
+
+
+def test_a_time_only_budget_plans_its_schedule_from_the_pace(photos):
+    """``steps=0`` with minutes: train until the time is spent (2 s a step, 1 minute: 30 steps), the
+    schedule's length re-estimated from the pace (5 steps in 10 s: 30 steps in all)."""
+    model = tiny_model(**SALIENCY)
+    fake = FakeProgress(dt=2.0)
+    report = finetune(model, photos, FinetuneSettings(steps=0, minutes=1.0, views=2), progress=fake, clock=fake.clock)
+    assert report.steps == 30 and report.seconds == 60.0
+    assert fake.totals and set(fake.totals) == {30}
+
+
 def test_knob_candidates_lie_inside_the_range():
     model = tiny_model(**SALIENCY)
     images = torch.randn(3, 3, 64, 96, generator=torch.Generator().manual_seed(2))
@@ -174,7 +288,9 @@ def test_knob_candidates_lie_inside_the_range():
 @pytest.mark.parametrize(
     "bad, pattern",
     [(dict(steps=-1), "steps"), (dict(lr=0.0), "lr"), (dict(views=0), "views"), (dict(min_keep=2.0), "min_keep"),
-     (dict(steps=0), "minutes"), (dict(adapter_rank=0), "nothing to train"), (dict(adapter_rank=-1), "adapter_rank")],
+     (dict(steps=0), "minutes"), (dict(adapter_rank=0), "nothing to train"), (dict(adapter_rank=-1), "adapter_rank"),
+     (dict(minutes=0.0), "minutes must be positive"), (dict(minutes=-2.0), "minutes must be positive"),
+     (dict(steps=0, minutes=float("nan")), "minutes must be positive")],
 )
 def test_settings_validation(bad, pattern):
     with pytest.raises(InputError, match=pattern):

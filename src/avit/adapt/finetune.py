@@ -726,6 +726,18 @@ def agreement_with_reference(
     }
 
 
+def check_target_agreement(target: float) -> float:
+    """``target`` if it is a fraction in (0, 1] (mean pixel agreement), else an :class:`InputError`.
+
+    A percentage (``99.5``) is the usual slip: the error suggests the fraction (``0.995``); accepted, no
+    setting could pass and the defaults would silently become "nothing paused".
+    """
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
+        hint = f" (for {target:g} % give {target / 100:g})" if isinstance(target, (int, float)) and 1 < target <= 100 else ""
+        raise InputError(f"target agreement must be a fraction in (0, 1], got {target!r}{hint}")
+    return float(target)
+
+
 def choose_defaults_by_folds(
     model: AdaptiveViT,
     images: torch.Tensor,
@@ -746,7 +758,11 @@ def choose_defaults_by_folds(
     Returns:
         ``(thresholds, expected_agreement, rows)``: the chosen setting ("nothing pauses" if none passes),
         the worst fold's mean agreement there, and the evaluated rows (each with ``worst_fold``).
+
+    Raises:
+        InputError: ``target`` is not a fraction in (0, 1] (:func:`check_target_agreement`).
     """
+    check_target_agreement(target)
     c = model.config
     nothing = tuple(c.nothing_paused_value for _ in c.pause_points)
     grid = knob_candidates(model, images)
@@ -820,7 +836,7 @@ def finetune_checkpoint(
     Raises:
         CheckpointError: unreadable checkpoint or reference.
         InputError: output is a directory; already fine-tuned without a reference; reference of another
-            architecture; no training photos; bad settings or device.
+            architecture; no training photos; bad settings, device or ``target_agreement`` (a fraction in (0, 1]).
     """
     from avit.data import find_photos
     from avit.models.checkpoint import load_checkpoint, save_checkpoint
@@ -828,6 +844,7 @@ def finetune_checkpoint(
     start = time.perf_counter()
     settings = settings or FinetuneSettings()
     settings.validate()
+    check_target_agreement(target_agreement)
     out_path = Path(output)
     if out_path.is_dir():
         raise InputError(f"output {out_path} is a directory; give a checkpoint file path")
@@ -842,11 +859,7 @@ def finetune_checkpoint(
         ref_model = copy.deepcopy(model)  # pause adapters are zero with nothing paused: this is the original
     else:
         ref_model, _ = load_checkpoint(reference)
-        static_keys = {k for k in model.static_copy().state_dict()}
-        ref_state = ref_model.state_dict()
-        mine = model.state_dict()
-        if not static_keys <= set(ref_state) or any(ref_state[k].shape != mine[k].shape for k in static_keys):
-            raise InputError(f"reference {reference} does not have the architecture of {checkpoint}")
+        _check_same_backbone(model, ref_model, f"reference {reference} does not have the architecture of {checkpoint}")
     photos = list(find_photos("train") if photos is None else photos)
     if not photos:
         raise InputError("no training photos found; run: pip install 'avit[demo]' (scikit-image)")
@@ -879,6 +892,28 @@ def finetune_checkpoint(
                 expected_agreement_basis=f"worst of {folds} folds of the training photos (plain + flipped) vs the original")
     save_checkpoint(model, out_path, **meta)
     return FinetuneCheckpointReport(out_path, report, tuple(chosen), expected, rows, time.perf_counter() - start)
+
+
+#: Config fields that make two models' nothing-paused outputs comparable (pause points, heads and policy may differ).
+_BACKBONE_FIELDS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias",
+                    "class_token", "reg_tokens", "num_classes", "decoder", "decoder_channels", "mean", "std")
+
+
+def _check_same_backbone(model: AdaptiveViT, reference: AdaptiveViT, message: str) -> None:
+    """Raise ``InputError(message + what differs)`` unless ``reference`` has ``model``'s backbone, decoder and
+    preprocessing (the same config fields and the same weight names and shapes without pause points)."""
+    for name in _BACKBONE_FIELDS:
+        mine, theirs = getattr(model.config, name), getattr(reference.config, name)
+        if mine != theirs:
+            raise InputError(f"{message} ({name} {theirs!r} vs {mine!r})")
+    ours = model.static_copy().state_dict()
+    ref_state = reference.static_copy().state_dict()
+    only_one = sorted(set(ours) ^ set(ref_state))
+    if only_one:
+        raise InputError(f"{message} (weight {only_one[0]} is in only one of them)")
+    for key, value in ours.items():
+        if ref_state[key].shape != value.shape:
+            raise InputError(f"{message} ({key} {tuple(ref_state[key].shape)} vs {tuple(value.shape)})")
 
 
 @contextlib.contextmanager
