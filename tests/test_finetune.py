@@ -57,18 +57,47 @@ def _fixed_loss(model, reference, cache, keep: float) -> float:
     return total / cache.num_views
 
 
-def test_partial_forward_equals_model_forward():
+def _paused_forward_by_hand(model, image: torch.Tensor, thresholds: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """The entropy pause rule written out for ONE image ``[3, H, W]`` in plain torch (no avit ops, no
+    padding, no key masks): at each pause point the tokens whose head entropy is below the threshold stop
+    running, and their grid slot keeps the head's fill; the later blocks see only the tokens still running;
+    the decoder sees the grid. Returns float ``[1, C, H, W]`` logits and the tokens kept per pause point."""
+    c = model.config
+    n = c.num_prefix_tokens
+    x = model.embed(image[None])
+    for block in model.blocks[: c.pause_points[0]]:
+        x = block(x)
+    bounds = (*c.pause_points, c.depth)
+    pos, grid, kept = torch.arange(c.num_patches), None, []
+    for p in range(len(c.pause_points)):
+        prefix, tokens = x[:, :n], x[:, n:]
+        head_logits, fill = model.pause_heads[p](tokens)
+        grid = fill.clone() if grid is None else grid.index_copy(1, pos, fill)
+        logp = head_logits[0].float().log_softmax(-1)
+        running = -(logp.exp() * logp).sum(-1) >= thresholds[p]
+        pos, x = pos[running], torch.cat([prefix, tokens[:, running]], dim=1)
+        kept.append(int(running.sum()))
+        for block in model.blocks[bounds[p] : bounds[p + 1]]:
+            x = block(x)
+    return model.decode(grid.index_copy(1, pos, x[:, n:])), kept
+
+
+def test_partial_forward_equals_the_pause_rule_by_hand():
+    """forward_from_first_pause (batched, padded, through the avit ops) against the rule written out per image."""
     model = tiny_model(**SALIENCY)
     images = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(3))
-    thresholds = torch.tensor([0.6, 0.65])
+    thresholds = torch.tensor([0.03, 0.05])
     with torch.no_grad():
-        logits, kept = model(images, thresholds)
         x = model.embed(images)
         for block in model.blocks[: model.config.pause_points[0]]:
             x = block(x)
         out = forward_from_first_pause(model, x, thresholds)
-    assert torch.equal(out.tokens_kept, kept)
-    assert 0 < int(kept[:, 0].min()) < model.config.num_patches  # tokens really paused
+        by_hand = [_paused_forward_by_hand(model, images[i], thresholds) for i in range(2)]
+        logits, kept = model(images, thresholds)
+    assert out.tokens_kept.tolist() == [k for _, k in by_hand] == kept.tolist()
+    assert 0 < int(out.tokens_kept[:, 0].min()) and int(out.tokens_kept[:, 0].max()) < model.config.num_patches  # really paused
+    assert out.tokens_kept[0, 0] != out.tokens_kept[1, 0]  # the images keep different counts: padding was used
+    assert torch.allclose(out.logits, torch.cat([lg for lg, _ in by_hand]), atol=1e-5)
     assert torch.allclose(out.logits, logits, atol=1e-5)
 
 
@@ -276,6 +305,29 @@ def test_a_time_only_budget_plans_its_schedule_from_the_pace(photos):
     assert fake.totals and set(fake.totals) == {30}
 
 
+@pytest.mark.parametrize("other, what", [(dict(depth=6), "depth"), (dict(num_heads=4), "num_heads"),
+                                         (dict(embed_dim=48), "embed_dim"), (dict(num_classes=2), "num_classes"),
+                                         (dict(img_size=(64, 64)), "img_size"), (dict(init_values=None), "weight blocks.0.ls")])
+def test_a_reference_of_another_architecture_is_refused(other, what, photos, tmp_path):
+    """Before any training: a deeper reference or one with other heads has the same weight shapes and was accepted."""
+    src = save_checkpoint(tiny_model(**SALIENCY), tmp_path / "in.ckpt")
+    ref = save_checkpoint(tiny_model(**{**SALIENCY, **other}), tmp_path / "ref.ckpt")
+    with pytest.raises(InputError, match=f"reference .*ref.ckpt does not have the architecture of .*in.ckpt \\({what}") as info:
+        finetune_checkpoint(src, tmp_path / "out.ckpt", FinetuneSettings(steps=1, views=1), reference=ref, photos=photos,
+                            progress=False)
+    assert "\n" not in str(info.value) and not (tmp_path / "out.ckpt").exists()
+
+
+def test_a_reference_with_other_pause_points_is_the_same_architecture(tmp_path):
+    """Pause points, policy and heads may differ: the reference only runs with nothing paused (accepted,
+    so the call gets as far as looking for photos)."""
+    src = save_checkpoint(tiny_model(**SALIENCY), tmp_path / "in.ckpt")
+    ref = save_checkpoint(tiny_model(**{**SALIENCY, "pause_points": (2,), "policy": "confidence"}), tmp_path / "ref.ckpt")
+    with pytest.raises(InputError, match="no training photos"):
+        finetune_checkpoint(src, tmp_path / "out.ckpt", FinetuneSettings(steps=1, views=1), reference=ref, photos=[],
+                            progress=False)
+
+
 def test_knob_candidates_lie_inside_the_range():
     model = tiny_model(**SALIENCY)
     images = torch.randn(3, 3, 64, 96, generator=torch.Generator().manual_seed(2))
@@ -329,6 +381,17 @@ def test_cli_finetune_bad_input_is_one_line(tmp_path):
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
     _one_line_error(_avit("finetune", tmp_path / "junk.ckpt", "-o", tmp_path / "o.ckpt"), "junk.ckpt")
     assert not (tmp_path / "o.ckpt").exists()
+
+
+def test_cli_finetune_refuses_a_percentage_target_a_zero_cap_and_another_architecture(tmp_path):
+    ckpt = save_checkpoint(tiny_model(**SALIENCY), tmp_path / "tiny.ckpt")
+    out = tmp_path / "o.ckpt"
+    _one_line_error(_avit("finetune", ckpt, "-o", out, "--target", "99.5"),
+                    "target agreement must be a fraction in (0, 1], got 99.5 (for 99.5 % give 0.995)")
+    _one_line_error(_avit("finetune", ckpt, "-o", out, "--minutes", "0"), "minutes must be positive, got 0.0")
+    deeper = save_checkpoint(tiny_model(**SALIENCY, depth=6), tmp_path / "deeper.ckpt")
+    _one_line_error(_avit("finetune", ckpt, "-o", out, "--reference", deeper), "does not have the architecture of")
+    assert not out.exists()
 
 
 def test_cli_adapt_rejects_contradicting_finetune_options(tmp_path):
