@@ -305,9 +305,9 @@ def test_a_time_only_budget_plans_its_schedule_from_the_pace(photos):
     assert fake.totals and set(fake.totals) == {30}
 
 
-@pytest.mark.parametrize("other, what", [(dict(depth=6), "depth"), (dict(num_heads=4), "num_heads"),
-                                         (dict(embed_dim=48), "embed_dim"), (dict(num_classes=2), "num_classes"),
-                                         (dict(img_size=(64, 64)), "img_size"), (dict(init_values=None), "weight blocks.0.ls")])
+@pytest.mark.parametrize("other, what", [({"depth": 6}, "depth"), ({"num_heads": 4}, "num_heads"),
+                                         ({"embed_dim": 48}, "embed_dim"), ({"num_classes": 2}, "num_classes"),
+                                         ({"img_size": (64, 64)}, "img_size"), ({"init_values": None}, "weight blocks.0.ls")])
 def test_a_reference_of_another_architecture_is_refused(other, what, photos, tmp_path):
     """Before any training: a deeper reference or one with other heads has the same weight shapes and was accepted."""
     src = save_checkpoint(tiny_model(**SALIENCY), tmp_path / "in.ckpt")

@@ -32,7 +32,7 @@ def test_pip_source_lists_its_photos_in_name_order(source, package):
 def test_splits_over_every_listed_photo(tmp_path, monkeypatch):
     """Every source installed (a made-up folder per source holding each listed name): the held-out split is
     exactly HELD_OUT, the training split everything else, whichever photos this machine has."""
-    import avit.data.photos as photos
+    from avit.data import photos
 
     folders = {}
     for source, names in PHOTOS.items():
