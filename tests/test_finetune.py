@@ -57,18 +57,47 @@ def _fixed_loss(model, reference, cache, keep: float) -> float:
     return total / cache.num_views
 
 
-def test_partial_forward_equals_model_forward():
+def _paused_forward_by_hand(model, image: torch.Tensor, thresholds: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """The entropy pause rule written out for ONE image ``[3, H, W]`` in plain torch (no avit ops, no
+    padding, no key masks): at each pause point the tokens whose head entropy is below the threshold stop
+    running, and their grid slot keeps the head's fill; the later blocks see only the tokens still running;
+    the decoder sees the grid. Returns float ``[1, C, H, W]`` logits and the tokens kept per pause point."""
+    c = model.config
+    n = c.num_prefix_tokens
+    x = model.embed(image[None])
+    for block in model.blocks[: c.pause_points[0]]:
+        x = block(x)
+    bounds = (*c.pause_points, c.depth)
+    pos, grid, kept = torch.arange(c.num_patches), None, []
+    for p in range(len(c.pause_points)):
+        prefix, tokens = x[:, :n], x[:, n:]
+        head_logits, fill = model.pause_heads[p](tokens)
+        grid = fill.clone() if grid is None else grid.index_copy(1, pos, fill)
+        logp = head_logits[0].float().log_softmax(-1)
+        running = -(logp.exp() * logp).sum(-1) >= thresholds[p]
+        pos, x = pos[running], torch.cat([prefix, tokens[:, running]], dim=1)
+        kept.append(int(running.sum()))
+        for block in model.blocks[bounds[p] : bounds[p + 1]]:
+            x = block(x)
+    return model.decode(grid.index_copy(1, pos, x[:, n:])), kept
+
+
+def test_partial_forward_equals_the_pause_rule_by_hand():
+    """forward_from_first_pause (batched, padded, through the avit ops) against the rule written out per image."""
     model = tiny_model(**SALIENCY)
     images = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(3))
-    thresholds = torch.tensor([0.6, 0.65])
+    thresholds = torch.tensor([0.03, 0.05])
     with torch.no_grad():
-        logits, kept = model(images, thresholds)
         x = model.embed(images)
         for block in model.blocks[: model.config.pause_points[0]]:
             x = block(x)
         out = forward_from_first_pause(model, x, thresholds)
-    assert torch.equal(out.tokens_kept, kept)
-    assert 0 < int(kept[:, 0].min()) < model.config.num_patches  # tokens really paused
+        by_hand = [_paused_forward_by_hand(model, images[i], thresholds) for i in range(2)]
+        logits, kept = model(images, thresholds)
+    assert out.tokens_kept.tolist() == [k for _, k in by_hand] == kept.tolist()
+    assert 0 < int(out.tokens_kept[:, 0].min()) and int(out.tokens_kept[:, 0].max()) < model.config.num_patches  # really paused
+    assert out.tokens_kept[0, 0] != out.tokens_kept[1, 0]  # the images keep different counts: padding was used
+    assert torch.allclose(out.logits, torch.cat([lg for lg, _ in by_hand]), atol=1e-5)
     assert torch.allclose(out.logits, logits, atol=1e-5)
 
 
@@ -162,6 +191,143 @@ def test_finetune_checkpoint_writes_defaults_and_metadata(photos, tmp_path):
         finetune_checkpoint(src, tmp_path, settings, photos=photos, progress=False)
 
 
+# ---------------------------------------------------------------------------------------------- defaults
+#: Made-up agreement of each photo with the original at candidate k: 1 - slope × (k + 1); photo 2 degrades fastest.
+SLOPES = {0: 0.001, 1: 0.001, 2: 0.004, 3: 0.0015}
+GRID = [(round(0.1 * (k + 1), 1),) * 2 for k in range(8)]  # 8 candidates, mildest first
+
+
+@pytest.fixture
+def made_up_agreements(monkeypatch):
+    """Replace the model's candidates and agreements by :data:`SLOPES` (the rule is tested, not the model).
+
+    Images are laid out as :func:`finetune_checkpoint` lays them out: 4 photos plain, then flipped, so
+    image i belongs to photo ``i % 4``. Returns the groups and the settings evaluated."""
+    import avit.adapt.finetune as ft
+
+    groups = [i % 4 for i in range(8)]
+    evaluated = []
+
+    def agreement(model, images, reference_logits, thresholds):
+        thresholds = tuple(float(v) for v in thresholds)
+        evaluated.append(thresholds)
+        k = GRID.index(thresholds) if thresholds in GRID else -1  # -1: nothing paused
+        pixel = [1.0 if k < 0 else 1.0 - SLOPES[g] * (k + 1) for g in groups]
+        return {"thresholds": list(thresholds), "pixel_agreement": pixel, "tokens_kept": [[24, 24]] * len(groups)}
+
+    monkeypatch.setattr(ft, "knob_candidates", lambda model, images: list(GRID))
+    monkeypatch.setattr(ft, "agreement_with_reference", agreement)
+    return groups, evaluated
+
+
+def test_defaults_are_chosen_by_the_worst_fold_of_photos_not_the_mean(made_up_agreements):
+    """Known answers at target 0.9897: folds are photo index mod 3, so photo 2 (the worst) is a fold of
+    its own and holds up to candidate 1 (1 - 0.004·2 = 0.992; at 2: 0.988). The mean over all 8 images
+    holds up to candidate 4 (1 - 0.001875·5 = 0.990625), the mean of the three fold means and folds by image
+    index (photo 2 shares a fold with photo 1) up to 3: each other rule is more aggressive."""
+    from avit.adapt.finetune import choose_defaults_by_folds
+
+    groups, _ = made_up_agreements
+    model = tiny_model(**SALIENCY)
+    chosen, expected, rows = choose_defaults_by_folds(model, None, None, groups, target=0.9897)
+    assert chosen == GRID[1] and expected == pytest.approx(0.992)
+    assert all(r["worst_fold"] == pytest.approx(1 - SLOPES[2] * (GRID.index(tuple(r["thresholds"])) + 1)) for r in rows)
+    # the mean over all images (one fold) really chooses otherwise on these numbers
+    mean_chosen, mean_expected, _ = choose_defaults_by_folds(model, None, None, groups, target=0.9897, folds=1)
+    assert mean_chosen == GRID[4] and mean_expected == pytest.approx(1 - np.mean([SLOPES[g] for g in groups]) * 5)
+    # folds follow the photo, not the image index: both views of photo 2 fall in one fold
+    by_index, _, _ = choose_defaults_by_folds(model, None, None, list(range(8)), target=0.9897)
+    assert by_index == GRID[3]
+
+
+def test_defaults_are_nothing_paused_when_no_setting_passes(made_up_agreements):
+    from avit.adapt.finetune import choose_defaults_by_folds
+
+    groups, evaluated = made_up_agreements
+    model = tiny_model(**SALIENCY)
+    chosen, expected, rows = choose_defaults_by_folds(model, None, None, groups, target=0.9999)
+    assert chosen == (model.config.nothing_paused_value,) * 2 == (0.0, 0.0) and expected == 1.0
+    assert evaluated[-1] == (0.0, 0.0) and GRID[0] in evaluated  # the mildest candidate was tried and failed
+    assert all(r["worst_fold"] < 0.9999 for r in rows)
+
+
+@pytest.mark.parametrize("target", [99.5, 0.0, -0.1, 1.5, float("nan"), True])
+def test_target_agreement_must_be_a_fraction(target, made_up_agreements):
+    from avit.adapt.finetune import choose_defaults_by_folds
+
+    groups, evaluated = made_up_agreements
+    with pytest.raises(InputError, match=r"target agreement must be a fraction in \(0, 1\]") as info:
+        choose_defaults_by_folds(tiny_model(**SALIENCY), None, None, groups, target=target)
+    assert not evaluated and "\n" not in str(info.value)
+    if target == 99.5:
+        assert str(info.value).endswith("got 99.5 (for 99.5 % give 0.995)")
+
+
+# ---------------------------------------------------------------------------------------------- time budget
+class FakeProgress:
+    """A ``rich.progress.Progress`` stand-in whose fine-tuning steps advance an injected clock by ``dt`` s."""
+
+    def __init__(self, dt: float) -> None:
+        self.now, self.dt, self.tasks, self.totals = 0.0, dt, {}, []
+
+    def clock(self) -> float:
+        return self.now
+
+    def add_task(self, description, total=None):
+        self.tasks[len(self.tasks)] = description
+        return len(self.tasks) - 1
+
+    def advance(self, task):
+        if self.tasks[task] == "fine-tuning with token removal":
+            self.now += self.dt
+
+    def update(self, task, total=None):
+        self.totals.append(total)
+
+
+def test_the_minutes_cap_ends_training_before_its_steps(photos):
+    """Each step takes 25 s on the injected clock: a 1-minute cap stops 200 planned steps after 3
+    (the cap is checked before a step: 0, 25, 50 s start one; at 75 s the minute is over)."""
+    model = tiny_model(**SALIENCY)
+    fake = FakeProgress(dt=25.0)
+    report = finetune(model, photos, FinetuneSettings(steps=200, minutes=1.0, views=2), progress=fake, clock=fake.clock)
+    assert report.steps == len(report.losses) == 3 and report.seconds == 75.0
+    assert report.settings["steps"] == 200 and report.settings["minutes"] == 1.0
+
+
+def test_a_time_only_budget_plans_its_schedule_from_the_pace(photos):
+    """``steps=0`` with minutes: train until the time is spent (2 s a step, 1 minute: 30 steps), the
+    schedule's length re-estimated from the pace (5 steps in 10 s: 30 steps in all)."""
+    model = tiny_model(**SALIENCY)
+    fake = FakeProgress(dt=2.0)
+    report = finetune(model, photos, FinetuneSettings(steps=0, minutes=1.0, views=2), progress=fake, clock=fake.clock)
+    assert report.steps == 30 and report.seconds == 60.0
+    assert fake.totals and set(fake.totals) == {30}
+
+
+@pytest.mark.parametrize("other, what", [({"depth": 6}, "depth"), ({"num_heads": 4}, "num_heads"),
+                                         ({"embed_dim": 48}, "embed_dim"), ({"num_classes": 2}, "num_classes"),
+                                         ({"img_size": (64, 64)}, "img_size"), ({"init_values": None}, "weight blocks.0.ls")])
+def test_a_reference_of_another_architecture_is_refused(other, what, photos, tmp_path):
+    """Before any training: a deeper reference or one with other heads has the same weight shapes and was accepted."""
+    src = save_checkpoint(tiny_model(**SALIENCY), tmp_path / "in.ckpt")
+    ref = save_checkpoint(tiny_model(**{**SALIENCY, **other}), tmp_path / "ref.ckpt")
+    with pytest.raises(InputError, match=f"reference .*ref.ckpt does not have the architecture of .*in.ckpt \\({what}") as info:
+        finetune_checkpoint(src, tmp_path / "out.ckpt", FinetuneSettings(steps=1, views=1), reference=ref, photos=photos,
+                            progress=False)
+    assert "\n" not in str(info.value) and not (tmp_path / "out.ckpt").exists()
+
+
+def test_a_reference_with_other_pause_points_is_the_same_architecture(tmp_path):
+    """Pause points, policy and heads may differ: the reference only runs with nothing paused (accepted,
+    so the call gets as far as looking for photos)."""
+    src = save_checkpoint(tiny_model(**SALIENCY), tmp_path / "in.ckpt")
+    ref = save_checkpoint(tiny_model(**{**SALIENCY, "pause_points": (2,), "policy": "confidence"}), tmp_path / "ref.ckpt")
+    with pytest.raises(InputError, match="no training photos"):
+        finetune_checkpoint(src, tmp_path / "out.ckpt", FinetuneSettings(steps=1, views=1), reference=ref, photos=[],
+                            progress=False)
+
+
 def test_knob_candidates_lie_inside_the_range():
     model = tiny_model(**SALIENCY)
     images = torch.randn(3, 3, 64, 96, generator=torch.Generator().manual_seed(2))
@@ -174,7 +340,9 @@ def test_knob_candidates_lie_inside_the_range():
 @pytest.mark.parametrize(
     "bad, pattern",
     [(dict(steps=-1), "steps"), (dict(lr=0.0), "lr"), (dict(views=0), "views"), (dict(min_keep=2.0), "min_keep"),
-     (dict(steps=0), "minutes"), (dict(adapter_rank=0), "nothing to train"), (dict(adapter_rank=-1), "adapter_rank")],
+     (dict(steps=0), "minutes"), (dict(adapter_rank=0), "nothing to train"), (dict(adapter_rank=-1), "adapter_rank"),
+     (dict(minutes=0.0), "minutes must be positive"), (dict(minutes=-2.0), "minutes must be positive"),
+     (dict(steps=0, minutes=float("nan")), "minutes must be positive")],
 )
 def test_settings_validation(bad, pattern):
     with pytest.raises(InputError, match=pattern):
@@ -213,6 +381,17 @@ def test_cli_finetune_bad_input_is_one_line(tmp_path):
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
     _one_line_error(_avit("finetune", tmp_path / "junk.ckpt", "-o", tmp_path / "o.ckpt"), "junk.ckpt")
     assert not (tmp_path / "o.ckpt").exists()
+
+
+def test_cli_finetune_refuses_a_percentage_target_a_zero_cap_and_another_architecture(tmp_path):
+    ckpt = save_checkpoint(tiny_model(**SALIENCY), tmp_path / "tiny.ckpt")
+    out = tmp_path / "o.ckpt"
+    _one_line_error(_avit("finetune", ckpt, "-o", out, "--target", "99.5"),
+                    "target agreement must be a fraction in (0, 1], got 99.5 (for 99.5 % give 0.995)")
+    _one_line_error(_avit("finetune", ckpt, "-o", out, "--minutes", "0"), "minutes must be positive, got 0.0")
+    deeper = save_checkpoint(tiny_model(**SALIENCY, depth=6), tmp_path / "deeper.ckpt")
+    _one_line_error(_avit("finetune", ckpt, "-o", out, "--reference", deeper), "does not have the architecture of")
+    assert not out.exists()
 
 
 def test_cli_adapt_rejects_contradicting_finetune_options(tmp_path):

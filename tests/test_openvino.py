@@ -4,9 +4,11 @@ thread safety, pause decisions, the CLI, and the one-line errors (issue 14)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -14,6 +16,7 @@ import pytest
 
 from avit.errors import ArtifactError, BackendUnavailableError, InputError
 from avit.exporter import export_onnx
+from avit.metadata.calibration import calibration_path, save_calibration
 from avit.runtime import AdaptiveSession
 from conftest import tiny_model
 
@@ -138,10 +141,17 @@ def test_pause_decisions_openvino_vs_onnxruntime(exported):
     x = batch(3, seed=6)
     pa = pause_agreement(onnx_path, onnx_path, x, [0.3, 0.5], candidate_backend="openvino")
     assert pa.decision_agreement == [1.0, 1.0] and pa.paused_ref == pa.paused_cand and sum(pa.paused_ref) > 0
-    if BF16:
-        pb = pause_agreement(onnx_path, onnx_path, x, [0.3, 0.5], reference_backend="openvino", candidate_backend="openvino",
-                             candidate_precision="bf16")
-        assert all(0.9 <= a <= 1.0 for a in pb.decision_agreement)
+
+
+@needs_bf16
+def test_pause_decisions_openvino_bf16_vs_f32(exported):
+    from avit.profiling.pause_sets import pause_agreement
+
+    _, onnx_path, _, _ = exported
+    x = batch(3, seed=6)
+    pb = pause_agreement(onnx_path, onnx_path, x, [0.3, 0.5], reference_backend="openvino", candidate_backend="openvino",
+                         candidate_precision="bf16")
+    assert all(0.9 <= a <= 1.0 for a in pb.decision_agreement) and sum(pb.paused_ref) > 0
 
 
 def test_errors(exported, tmp_path, monkeypatch):
@@ -178,34 +188,72 @@ def test_runtime_stays_torch_free(exported):
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_calibration_presets_and_budget_on_openvino(exported, tmp_path):
-    """avit calibrate on the OpenVINO backend writes <model>.openvino.calib.json; the session loads its
-    presets and latency budgets pick among them."""
+def _copy_ir(xml: Path, folder: Path) -> Path:
+    """The IR (xml + bin) copied into ``folder`` (the same bytes: calibrations made for one fit the other)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(xml.with_suffix(".bin"), folder / xml.with_suffix(".bin").name)
+    return Path(shutil.copy(xml, folder / xml.name))
+
+
+@pytest.fixture(scope="module")
+def calibrated(exported, tmp_path_factory):
+    """(IR path, calibration report): a copy of the IR in a folder of its own (so no other test's session
+    finds the calibration) with an f32 ``avit calibrate`` beside it."""
     from avit.calibration.calibrate import calibrate
     from tiny_onnx import photo_dir
 
     _, _, xml, _ = exported
-    photos = sorted(photo_dir(tmp_path, n=8).iterdir())
-    report = calibrate(xml, 1e6, photos[:6], heldout=photos[6:], batch=2, max_evals=6, repeats=1, final_rounds=1,
+    root = tmp_path_factory.mktemp("ov-calibrated")
+    copy = _copy_ir(xml, root / "ir")
+    photos = sorted(photo_dir(root, n=8).iterdir())
+    report = calibrate(copy, 1e6, photos[:6], heldout=photos[6:], batch=2, max_evals=6, repeats=1, final_rounds=1,
                        inference_precision="f32")
+    return copy, report
+
+
+def test_calibration_presets_and_budget_on_openvino(calibrated):
+    """avit calibrate on the OpenVINO backend writes <model>.openvino.calib.json; the session loads its
+    presets and latency budgets pick among them."""
+    xml, report = calibrated
     assert report.path.name == "m.openvino.calib.json" and report.path.parent == xml.parent
-    assert json.loads(report.path.read_text())["backend"]["name"] == "openvino"
-    try:
-        session = AdaptiveSession(xml)
-        assert session.presets and session.calibration is not None
-        name, preset = next(iter(session.presets.items()))
-        x = batch(2)
-        by_name = session.run(x, preset=name)
-        np.testing.assert_array_equal(by_name.tokens_kept, session.run(x, list(preset.thresholds)).tokens_kept)
-        fastest = min(session.presets.values(), key=lambda p: p.latency_ms)
-        budget = session.run(x, latency_budget_ms=fastest.latency_for_batch(2) * 1.0001)
-        assert budget.within_budget and budget.preset in session.presets
-        if BF16:  # the same file's latencies are not bf16's: not loaded by default, refused when asked for
-            assert not AdaptiveSession(xml, inference_precision="bf16").presets
-            with pytest.raises(ArtifactError, match="measured on openvino, this session runs openvino bf16"):
-                AdaptiveSession(xml, inference_precision="bf16", calibration=report.path)
-    finally:
-        report.path.unlink()
+    backend = json.loads(report.path.read_text())["backend"]
+    assert (backend["name"], backend["inference_precision"]) == ("openvino", "f32")
+    session = AdaptiveSession(xml)
+    assert session.presets and session.calibration is not None
+    name, preset = next(iter(session.presets.items()))
+    x = batch(2)
+    by_name = session.run(x, preset=name)
+    np.testing.assert_array_equal(by_name.tokens_kept, session.run(x, list(preset.thresholds)).tokens_kept)
+    fastest = min(session.presets.values(), key=lambda p: p.latency_ms)
+    budget = session.run(x, latency_budget_ms=fastest.latency_for_batch(2) * 1.0001)
+    assert budget.within_budget and budget.preset in session.presets
+
+
+def test_a_calibration_at_another_inference_precision_is_refused(calibrated, tmp_path):
+    """Runs on every CPU: the f32 calibration with its backend's precision field edited to bf16 belongs to
+    another inference precision; an f32 session does not load its presets and refuses the file when given it."""
+    xml, report = calibrated
+    copy = _copy_ir(xml, tmp_path)
+    edited = calibration_path(copy)
+    data = json.loads(report.path.read_text())
+    data["backend"]["inference_precision"] = "bf16"
+    save_calibration(edited, data)
+    assert AdaptiveSession(xml).presets  # unedited: loaded
+    assert not AdaptiveSession(copy).presets and AdaptiveSession(copy).calibration is None
+    with pytest.raises(ArtifactError, match="m.openvino.calib.json was measured on openvino bf16, this session runs openvino: "):
+        AdaptiveSession(copy, calibration=edited)
+    with pytest.raises(ArtifactError, match="measured on openvino bf16, this session runs openvino: "):
+        AdaptiveSession(xml, calibration=edited)
+
+
+@needs_bf16
+def test_a_bf16_session_does_not_use_an_f32_calibration(calibrated):
+    """The f32 file's latencies are not bf16's: not loaded by default, refused when asked for."""
+    xml, report = calibrated
+    assert AdaptiveSession(xml).presets
+    assert not AdaptiveSession(xml, inference_precision="bf16").presets
+    with pytest.raises(ArtifactError, match="measured on openvino, this session runs openvino bf16"):
+        AdaptiveSession(xml, inference_precision="bf16", calibration=report.path)
 
 
 def test_a_calibration_from_another_backend_is_not_used(exported, tmp_path):

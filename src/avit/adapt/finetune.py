@@ -461,6 +461,7 @@ def finetune(
     device: str | torch.device | None = None,
     progress=None,
     cache: FinetuneCache | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> FinetuneReport:
     """Fine-tune ``model`` in place with real token removal in the loop, distilling to the original.
 
@@ -474,6 +475,8 @@ def finetune(
         device: ``cpu`` | ``cuda`` | ``cuda:N`` | None (= cuda when available).
         progress: A ``rich.progress.Progress`` (or None).
         cache: A prebuilt :class:`FinetuneCache` (from :func:`build_finetune_cache`) to reuse.
+        clock: Seconds of a monotonic clock; ``settings.minutes`` is measured on it and so are the
+            report's times (tests inject a fake one).
 
     Returns:
         The :class:`FinetuneReport`.
@@ -489,101 +492,21 @@ def finetune(
                          f"and pause points {list(c.pause_points)}")
     dev = resolve_device(device)
     torch.manual_seed(settings.seed)
-    gen = np.random.default_rng(settings.seed + 1)
-    if reference is None:
-        reference = copy.deepcopy(model)
-    reference.eval()
-    for param in reference.parameters():
-        param.requires_grad_(False)
-    first = c.pause_points[0]
-    t0 = time.perf_counter()
-    if cache is None:
-        task = progress.add_task("caching the original's outputs", total=settings.views) if progress is not None else None
-        cache = build_finetune_cache(
-            reference, image_paths, settings.views, first_pause=first, seed=settings.seed, device=dev,
-            on_view=(lambda: progress.advance(task)) if task is not None else None,
-        )
-        reference.cpu()
-    cache_seconds = time.perf_counter() - t0
+    t0 = clock()
+    cache = _cache_for(model, reference, image_paths, settings, dev, progress, cache)
+    cache_seconds = clock() - t0
     model.to(dev).eval()  # eval: the decoder's BatchNorm keeps the original running statistics
-    block_params, head_params = trainable_parameters(model, settings)
-    if settings.adapter_rank and not len(model.pause_adapters):
-        add_pause_adapters(model, settings.adapter_rank)
-        c = model.config
-    adapters = model.pause_adapters.to(dev) if len(model.pause_adapters) else None
-    if adapters is not None:
-        for param in adapters.parameters():
-            param.requires_grad_(True)
-    optimizers = []
-    if adapters is not None:
-        optimizers.append(torch.optim.AdamW(adapters.parameters(), lr=settings.adapter_lr, weight_decay=0.0))
-    if head_params:
-        optimizers.append(torch.optim.AdamW(head_params, lr=settings.head_lr, weight_decay=0.0))
-    if block_params and settings.optimizer == "sgd":
-        optimizers.append(torch.optim.SGD(block_params, lr=settings.lr, momentum=settings.momentum))
-    elif block_params:
-        optimizers.append(torch.optim.AdamW(block_params, lr=settings.lr, weight_decay=0.0))
-    base_lrs = [[g["lr"] for g in opt.param_groups] for opt in optimizers]
-    budget = settings.minutes * 60.0 if settings.minutes is not None else math.inf
-    total = settings.steps if settings.steps else 10**9
-    # The schedule needs a step count: with only a time budget, estimate it after a few steps.
-    planned = settings.steps or None
-    task = progress.add_task("fine-tuning with token removal", total=settings.steps or None) if progress is not None else None
-    losses: list[float] = []
-    order = gen.permutation(cache.num_views)
-    cursor = 0
-    t_start = time.perf_counter()
-    step = 0
+    trainer = _Trainer.build(model, settings, dev)
+    t_start = clock()
     with attention_impl(model, "sdpa"):
-        while step < total:
-            elapsed = time.perf_counter() - t_start
-            if elapsed >= budget:
-                break
-            if not settings.steps and step >= 5 and step % 10 == 5:  # time budget: re-plan the schedule's length
-                planned = max(step + 1, int(step + (budget - elapsed) / (elapsed / step)))
-                if task is not None:
-                    progress.update(task, total=planned)
-            horizon = planned or 1000
-            idx = []
-            for _ in range(settings.batch):
-                if cursor == len(order):
-                    order, cursor = gen.permutation(cache.num_views), 0
-                idx.append(int(order[cursor]))
-                cursor += 1
-            ix = torch.tensor(idx)
-            x = cache.start_tokens[ix].to(dev).float()
-            # Keep fraction: ramp its lower end from 1 to min_keep, then sample uniformly.
-            lowest = 1.0 - (1.0 - settings.min_keep) * min(1.0, step / max(1.0, settings.ramp * horizon))
-            keep = 1.0 if gen.random() < NOTHING_PAUSED_PROB else float(gen.uniform(lowest, 1.0))
-            with torch.no_grad():
-                head0 = model.pause_heads[0](x[:, c.num_prefix_tokens :])[0]
-            value = threshold_for_keep(model, head0, keep)
-            thresholds = torch.full((len(c.pause_points),), value, dtype=torch.float32, device=dev)
-            out = forward_from_first_pause(model, x, thresholds)
-            loss, _ = distillation_loss(
-                model, out, cache.logits[ix].to(dev), cache.final_norm[ix].to(dev), cache.targets[ix].to(dev), settings
-            )
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if block_params and settings.clip > 0:
-                torch.nn.utils.clip_grad_norm_(block_params, settings.clip)
-            factor = _lr_factor(step, horizon)
-            for opt, bases in zip(optimizers, base_lrs):
-                for group, base in zip(opt.param_groups, bases):
-                    group["lr"] = base * factor
-                opt.step()
-            losses.append(float(loss.detach()))
-            step += 1
-            if task is not None:
-                progress.advance(task)
-    seconds = time.perf_counter() - t_start
+        losses = _train(trainer, cache, settings, progress, clock, t_start)
+    seconds = clock() - t_start
     for param in model.parameters():
         param.requires_grad_(False)
     model.cpu().eval()
     tenth = max(1, len(losses) // 10)
     return FinetuneReport(
-        steps=step,
+        steps=len(losses),
         seconds=seconds,
         cache_seconds=cache_seconds,
         views=cache.num_views,
@@ -592,10 +515,142 @@ def finetune(
         loss_first=float(np.mean(losses[:tenth])) if losses else float("nan"),
         loss_last=float(np.mean(losses[-tenth:])) if losses else float("nan"),
         losses=losses,
-        trainable_parameters=sum(p.numel() for p in block_params + head_params)
-        + (sum(p.numel() for p in adapters.parameters()) if adapters is not None else 0),
+        trainable_parameters=trainer.trainable_parameters,
         settings=dataclasses.asdict(settings),
     )
+
+
+def _cache_for(
+    model: AdaptiveViT,
+    reference: AdaptiveViT | None,
+    image_paths: Sequence[str | os.PathLike],
+    settings: FinetuneSettings,
+    dev: torch.device,
+    progress,
+    cache: FinetuneCache | None,
+) -> FinetuneCache:
+    """The frozen reference's :class:`FinetuneCache` (``cache`` when given); the reference ends frozen on the CPU."""
+    if reference is None:
+        reference = copy.deepcopy(model)
+    reference.eval()
+    for param in reference.parameters():
+        param.requires_grad_(False)
+    if cache is not None:
+        return cache
+    task = progress.add_task("caching the original's outputs", total=settings.views) if progress is not None else None
+    cache = build_finetune_cache(
+        reference, image_paths, settings.views, first_pause=model.config.pause_points[0], seed=settings.seed, device=dev,
+        on_view=(lambda: progress.advance(task)) if task is not None else None,
+    )
+    reference.cpu()
+    return cache
+
+
+@dataclasses.dataclass
+class _Trainer:
+    """The trained parameters of :func:`finetune`, their optimisers and one optimiser step."""
+
+    model: AdaptiveViT
+    settings: FinetuneSettings
+    device: torch.device
+    block_params: list
+    head_params: list
+    adapters: torch.nn.ModuleList | None
+    optimizers: list
+    base_lrs: list
+
+    @classmethod
+    def build(cls, model: AdaptiveViT, settings: FinetuneSettings, dev: torch.device) -> _Trainer:
+        """Freeze ``model`` but what ``settings`` trains (adding pause adapters if asked); one optimiser per group."""
+        block_params, head_params = trainable_parameters(model, settings)
+        if settings.adapter_rank and not len(model.pause_adapters):
+            add_pause_adapters(model, settings.adapter_rank)
+        adapters = model.pause_adapters.to(dev) if len(model.pause_adapters) else None
+        optimizers = []
+        if adapters is not None:
+            for param in adapters.parameters():
+                param.requires_grad_(True)
+            optimizers.append(torch.optim.AdamW(adapters.parameters(), lr=settings.adapter_lr, weight_decay=0.0))
+        if head_params:
+            optimizers.append(torch.optim.AdamW(head_params, lr=settings.head_lr, weight_decay=0.0))
+        if block_params and settings.optimizer == "sgd":
+            optimizers.append(torch.optim.SGD(block_params, lr=settings.lr, momentum=settings.momentum))
+        elif block_params:
+            optimizers.append(torch.optim.AdamW(block_params, lr=settings.lr, weight_decay=0.0))
+        base_lrs = [[g["lr"] for g in opt.param_groups] for opt in optimizers]
+        return cls(model, settings, dev, block_params, head_params, adapters, optimizers, base_lrs)
+
+    @property
+    def trainable_parameters(self) -> int:
+        adapters = sum(p.numel() for p in self.adapters.parameters()) if self.adapters is not None else 0
+        return sum(p.numel() for p in self.block_params + self.head_params) + adapters
+
+    def step(self, cache: FinetuneCache, idx: list[int], keep: float, lr_factor: float) -> float:
+        """One optimiser step on cached views ``idx`` with the first pause point keeping ``keep`` of the
+        tokens (every pause point at that threshold); returns the loss."""
+        model, settings, dev = self.model, self.settings, self.device
+        c = model.config
+        ix = torch.tensor(idx)
+        x = cache.start_tokens[ix].to(dev).float()
+        with torch.no_grad():
+            head0 = model.pause_heads[0](x[:, c.num_prefix_tokens :])[0]
+        value = threshold_for_keep(model, head0, keep)
+        thresholds = torch.full((len(c.pause_points),), value, dtype=torch.float32, device=dev)
+        out = forward_from_first_pause(model, x, thresholds)
+        loss, _ = distillation_loss(
+            model, out, cache.logits[ix].to(dev), cache.final_norm[ix].to(dev), cache.targets[ix].to(dev), settings
+        )
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.block_params and settings.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.block_params, settings.clip)
+        for opt, bases in zip(self.optimizers, self.base_lrs):
+            for group, base in zip(opt.param_groups, bases):
+                group["lr"] = base * lr_factor
+            opt.step()
+        return float(loss.detach())
+
+
+def _train(
+    trainer: _Trainer, cache: FinetuneCache, settings: FinetuneSettings, progress, clock: Callable[[], float], t_start: float
+) -> list[float]:
+    """The training loop: ``settings.steps`` steps, or fewer when ``settings.minutes`` pass first on ``clock``
+    (counted from ``t_start``); with ``steps=0`` the minutes are the whole budget and the schedule's length
+    is re-estimated from the pace so far. Returns the loss of every step taken."""
+    gen = np.random.default_rng(settings.seed + 1)
+    budget = settings.minutes * 60.0 if settings.minutes is not None else math.inf
+    total = settings.steps if settings.steps else 10**9
+    # The schedule needs a step count: with only a time budget, estimate it after a few steps.
+    planned = settings.steps or None
+    task = progress.add_task("fine-tuning with token removal", total=settings.steps or None) if progress is not None else None
+    losses: list[float] = []
+    order = gen.permutation(cache.num_views)
+    cursor = 0
+    step = 0
+    while step < total:
+        elapsed = clock() - t_start
+        if elapsed >= budget:
+            break
+        if not settings.steps and step >= 5 and step % 10 == 5:  # time budget: re-plan the schedule's length
+            planned = max(step + 1, int(step + (budget - elapsed) / (elapsed / step)))
+            if task is not None:
+                progress.update(task, total=planned)
+        horizon = planned or 1000
+        idx = []
+        for _ in range(settings.batch):
+            if cursor == len(order):
+                order, cursor = gen.permutation(cache.num_views), 0
+            idx.append(int(order[cursor]))
+            cursor += 1
+        # Keep fraction: ramp its lower end from 1 to min_keep, then sample uniformly.
+        lowest = 1.0 - (1.0 - settings.min_keep) * min(1.0, step / max(1.0, settings.ramp * horizon))
+        keep = 1.0 if gen.random() < NOTHING_PAUSED_PROB else float(gen.uniform(lowest, 1.0))
+        losses.append(trainer.step(cache, idx, keep, _lr_factor(step, horizon)))
+        step += 1
+        if task is not None:
+            progress.advance(task)
+    return losses
 
 
 # ---------------------------------------------------------------------------------------------- defaults
@@ -671,6 +726,18 @@ def agreement_with_reference(
     }
 
 
+def check_target_agreement(target: float) -> float:
+    """``target`` if it is a fraction in (0, 1] (mean pixel agreement), else an :class:`InputError`.
+
+    A percentage (``99.5``) is the usual slip: the error suggests the fraction (``0.995``); accepted, no
+    setting could pass and the defaults would silently become "nothing paused".
+    """
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
+        hint = f" (for {target:g} % give {target / 100:g})" if isinstance(target, (int, float)) and 1 < target <= 100 else ""
+        raise InputError(f"target agreement must be a fraction in (0, 1], got {target!r}{hint}")
+    return float(target)
+
+
 def choose_defaults_by_folds(
     model: AdaptiveViT,
     images: torch.Tensor,
@@ -691,7 +758,11 @@ def choose_defaults_by_folds(
     Returns:
         ``(thresholds, expected_agreement, rows)``: the chosen setting ("nothing pauses" if none passes),
         the worst fold's mean agreement there, and the evaluated rows (each with ``worst_fold``).
+
+    Raises:
+        InputError: ``target`` is not a fraction in (0, 1] (:func:`check_target_agreement`).
     """
+    check_target_agreement(target)
     c = model.config
     nothing = tuple(c.nothing_paused_value for _ in c.pause_points)
     grid = knob_candidates(model, images)
@@ -765,7 +836,7 @@ def finetune_checkpoint(
     Raises:
         CheckpointError: unreadable checkpoint or reference.
         InputError: output is a directory; already fine-tuned without a reference; reference of another
-            architecture; no training photos; bad settings or device.
+            architecture; no training photos; bad settings, device or ``target_agreement`` (a fraction in (0, 1]).
     """
     from avit.data import find_photos
     from avit.models.checkpoint import load_checkpoint, save_checkpoint
@@ -773,6 +844,7 @@ def finetune_checkpoint(
     start = time.perf_counter()
     settings = settings or FinetuneSettings()
     settings.validate()
+    check_target_agreement(target_agreement)
     out_path = Path(output)
     if out_path.is_dir():
         raise InputError(f"output {out_path} is a directory; give a checkpoint file path")
@@ -787,11 +859,7 @@ def finetune_checkpoint(
         ref_model = copy.deepcopy(model)  # pause adapters are zero with nothing paused: this is the original
     else:
         ref_model, _ = load_checkpoint(reference)
-        static_keys = {k for k in model.static_copy().state_dict()}
-        ref_state = ref_model.state_dict()
-        mine = model.state_dict()
-        if not static_keys <= set(ref_state) or any(ref_state[k].shape != mine[k].shape for k in static_keys):
-            raise InputError(f"reference {reference} does not have the architecture of {checkpoint}")
+        _check_same_backbone(model, ref_model, f"reference {reference} does not have the architecture of {checkpoint}")
     photos = list(find_photos("train") if photos is None else photos)
     if not photos:
         raise InputError("no training photos found; run: pip install 'avit[demo]' (scikit-image)")
@@ -824,6 +892,28 @@ def finetune_checkpoint(
                 expected_agreement_basis=f"worst of {folds} folds of the training photos (plain + flipped) vs the original")
     save_checkpoint(model, out_path, **meta)
     return FinetuneCheckpointReport(out_path, report, tuple(chosen), expected, rows, time.perf_counter() - start)
+
+
+#: Config fields that make two models' nothing-paused outputs comparable (pause points, heads and policy may differ).
+_BACKBONE_FIELDS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias",
+                    "class_token", "reg_tokens", "num_classes", "decoder", "decoder_channels", "mean", "std")
+
+
+def _check_same_backbone(model: AdaptiveViT, reference: AdaptiveViT, message: str) -> None:
+    """Raise ``InputError(message + what differs)`` unless ``reference`` has ``model``'s backbone, decoder and
+    preprocessing (the same config fields and the same weight names and shapes without pause points)."""
+    for name in _BACKBONE_FIELDS:
+        mine, theirs = getattr(model.config, name), getattr(reference.config, name)
+        if mine != theirs:
+            raise InputError(f"{message} ({name} {theirs!r} vs {mine!r})")
+    ours = model.static_copy().state_dict()
+    ref_state = reference.static_copy().state_dict()
+    only_one = sorted(set(ours) ^ set(ref_state))
+    if only_one:
+        raise InputError(f"{message} (weight {only_one[0]} is in only one of them)")
+    for key, value in ours.items():
+        if ref_state[key].shape != value.shape:
+            raise InputError(f"{message} ({key} {tuple(ref_state[key].shape)} vs {tuple(value.shape)})")
 
 
 @contextlib.contextmanager
