@@ -32,3 +32,12 @@ def resolve(new: str | None, old: str | None) -> str | None:
             raise InputError(f"--inference-precision {new} and --precision {old} disagree; give one")
         return old
     return new
+
+
+def describe(session) -> str:
+    """``"openvino bf16 (auto)"`` / ``"openvino f32"`` / ``"onnxruntime"``: the backend a session runs on, its
+    inference precision, and whether ``auto`` chose it."""
+    if session.inference_precision is None:
+        return session.backend.name
+    auto = " (auto)" if getattr(session.backend, "requested_precision", None) == "auto" else ""
+    return f"{session.backend.name} {session.inference_precision}{auto}"
