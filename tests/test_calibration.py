@@ -402,3 +402,39 @@ def test_cli_calibrate_errors(model, tmp_path):
                    "give at least 2, or --heldout DIR")
     one_line_error(avit("calibrate", model, "--target-latency-ms", "0"), "must be a positive number")
     one_line_error(avit("calibrate", model), "Missing option '--target-latency-ms'", code=2)
+
+
+def test_a_calibration_from_another_cpu_type_is_not_auto_loaded(model, calibrated, tmp_path, caplog):
+    """The file records the CPU it was measured on; edited to another CPU type (as if copied from an AVX2-only
+    machine), it is not loaded beside the model (one log line says why), loaded with a note when named, and a
+    version-1 file that records no CPU is loaded as before."""
+    import logging
+    import shutil
+
+    from avit.metadata.calibration import calibration_path
+    from avit.runtime.machine import cpu_record
+
+    data = json.loads(calibrated.path.read_text())
+    assert data["backend"]["cpu"] == cpu_record()
+    copy = tmp_path / "tiny.onnx"
+    shutil.copy(model, copy)
+    beside = calibration_path(copy)
+    beside.write_text(json.dumps(data))
+    assert set(AdaptiveSession(copy).presets) == set(data["presets"])  # the same CPU: loaded
+
+    features = data["backend"]["cpu"]["features"]
+    other = {**data["backend"]["cpu"], "model": "AMD EPYC 7B13", "model_number": 1,
+             "features": [f for f in features if f == "avx2"] if features != ["avx2"] else ["avx2", "avx512"]}
+    beside.write_text(json.dumps({**data, "backend": {**data["backend"], "cpu": other}}))
+    with caplog.at_level(logging.WARNING, logger="avit.runtime"):
+        session = AdaptiveSession(copy)
+    assert not session.presets and session.calibration is None
+    assert "not loaded: measured on another CPU (AMD EPYC 7B13 25/1" in session.calibration_note
+    assert [r.getMessage() for r in caplog.records] == [session.calibration_note]
+    named = AdaptiveSession(copy, calibration=beside)
+    assert set(named.presets) == set(data["presets"]) and "its latencies are estimates here" in named.calibration_note
+
+    older = {**data, "backend": {k: v for k, v in data["backend"].items() if k != "cpu"}}
+    beside.write_text(json.dumps(older))
+    plain = AdaptiveSession(copy)
+    assert set(plain.presets) == set(data["presets"]) and plain.calibration_note is None

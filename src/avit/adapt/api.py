@@ -145,7 +145,8 @@ def adapt_img_focus(
         target_agreement: Mean pixel agreement the default thresholds must keep on the worst of 3 folds of
             the training photos (plain and flipped), against the original model.
         eval_thresholds: Held-out settings to report (default: nothing paused, the default thresholds,
-            and every other value of the uniform candidate grid from 0.3 nats on).
+            and every other value of the uniform candidate grid from 0.3 nats on); empty: no held-out
+            evaluation in PyTorch (``AdaptReport.rows`` empty).
         finetune_steps: Pause-aware fine-tuning steps after the heads are fitted
             (:func:`avit.adapt.finetune.finetune`; 0 and no ``finetune_minutes`` = none, the backbone stays
             frozen). Frozen or fine-tuned, the defaults are chosen by
@@ -229,15 +230,17 @@ def adapt_img_focus(
                 settings += [g for g in candidate_settings(model)[5::2] if g not in settings]
             else:
                 settings = [tuple(float(v) for v in t) for t in eval_thresholds]
-            heldout = load_images(model, heldout_paths)
-            step = counter("evaluating (held-out)", len(heldout_paths) * (len(settings) + 1))
-            with torch.no_grad():
-                full = []
-                for i in range(heldout.shape[0]):
-                    full.append(reference.forward_full(heldout[i : i + 1]).logits)
-                    if step is not None:
-                        step()
-            rows = agreement_rows(model, heldout, settings, full_logits=torch.cat(full), on_step=step)
+            rows = []
+            if settings:  # eval_thresholds=() skips it (avit demo measures the held-out photos on the backend)
+                heldout = load_images(model, heldout_paths)
+                step = counter("evaluating (held-out)", len(heldout_paths) * (len(settings) + 1))
+                with torch.no_grad():
+                    full = []
+                    for i in range(heldout.shape[0]):
+                        full.append(reference.forward_full(heldout[i : i + 1]).logits)
+                        if step is not None:
+                            step()
+                rows = agreement_rows(model, heldout, settings, full_logits=torch.cat(full), on_step=step)
     finally:
         model.set_attention_impl(impl)
     for row in rows:

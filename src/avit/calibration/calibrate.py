@@ -42,6 +42,7 @@ from avit.models.config import AdaptiveViTConfig
 from avit.models.macs import model_macs
 from avit.evaluation.latency import percentile_key
 from avit.runtime import AdaptiveSession
+from avit.runtime.machine import cpu_record
 
 #: ``progress(stage, done, total)``; ``total`` may be an estimate.
 Progress = Callable[[str, int, int], None]
@@ -383,6 +384,7 @@ def _document(model, info, session, threads, images, batch, q, repeats, final_ro
                if hasattr(session.backend, "inference_precision") else {}),
             "intra_op_threads": int(threads or 0),
             "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs, {platform.system()}",
+            "cpu": cpu_record(),
         },
         "measurement": {
             "batch": batch,

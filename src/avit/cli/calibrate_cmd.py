@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from avit.cli import _precision
 from avit.cli._app import app, cli_errors, console, err_console, fmt_values
 
 
@@ -41,7 +42,8 @@ def calibrate_command(
     tolerance: Annotated[float, typer.Option(min=0.0, help="Held-out check passes within target × (1 + tolerance).")] = 0.05,
     threads: Annotated[Optional[int], typer.Option(min=1, help="ONNX Runtime intra-op / OpenVINO inference threads (default: one per core).")] = None,
     backend: Annotated[Optional[str], typer.Option(help="onnxruntime | openvino | tensorrt (default: by the file: .onnx ONNX Runtime, .xml OpenVINO IR, .engine TensorRT); openvino also runs an .onnx.")] = None,
-    precision: Annotated[Optional[str], typer.Option("--precision", help="OpenVINO inference precision: f32 (default) | bf16 (CPUs with native bfloat16).")] = None,
+    inference_precision: Annotated[Optional[str], _precision.inference_precision_option()] = None,
+    precision: Annotated[Optional[str], _precision.old_precision_option()] = None,
 ) -> None:
     """Search the per-pause-point thresholds for the best quality that meets a latency target; write presets."""
     from avit.calibration.calibrate import calibrate
@@ -71,7 +73,7 @@ def calibrate_command(
         report = calibrate(
             model, target_latency_ms, calib_paths, heldout=held_paths, batch=batch, percentile=percentile,
             output=out_path, plot=plot_path, max_evals=max_evals, repeats=repeats, final_rounds=final_rounds,
-            metric=metric, masks=masks, tolerance=tolerance, threads=threads, backend=backend, inference_precision=precision, progress=progress,
+            metric=metric, masks=masks, tolerance=tolerance, threads=threads, backend=backend, inference_precision=_precision.resolve(inference_precision, precision), progress=progress,
         )
 
     q = report.percentile

@@ -33,7 +33,7 @@ def export(
     keep_fp32: Annotated[Optional[str], typer.Option(help="--quantize: regular expression of backbone layers to leave fp32, e.g. 'mlp\\.fc2'.")] = None,
     optimize: Annotated[bool, typer.Option("--optimize", help="Also write <model>.ort.onnx: transformer fusions + ONNX Runtime graph optimizations, saved offline (ONNX Runtime only).")] = False,
     opt_level: Annotated[str, typer.Option(help="--optimize: ONNX Runtime level saved: basic | extended | all (all is specific to this machine's CPU).")] = "extended",
-    openvino: Annotated[bool, typer.Option("--openvino", help="Also write <model>.openvino.xml + .bin: the OpenVINO IR (float32 weights) of the fp32 ONNX, parity-checked; run it with avit run/serve (--precision bf16 on CPUs with bfloat16).")] = False,
+    openvino: Annotated[bool, typer.Option("--openvino", help="Also write <model>.openvino.xml + .bin: the OpenVINO IR (float32 weights) of the fp32 ONNX, parity-checked; run it with avit run/serve (--inference-precision auto picks bf16 on CPUs with native bfloat16).")] = False,
 ) -> None:
     """Export a checkpoint to ONNX with real token removal and pause thresholds as a graph input."""
     from avit.exporter.pipeline import export_chain

@@ -27,6 +27,7 @@ from avit.cli import (  # noqa: F401  (each module registers its commands on the
     serve_cmd,
     import_cmd,
     quantize_cmd,
+    doctor_cmd,
 )
 from avit.cli._app import app, console, err_console
 

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from avit.cli import _precision
 from avit.cli._app import app, cli_errors, console, err_console, fmt_values, parse_ints, parse_thresholds
 from avit.errors import InputError
 
@@ -39,7 +40,8 @@ def profile_command(
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG: latency and agreement per setting, tokens kept, time per stage.")] = None,
     threads: Annotated[Optional[int], typer.Option(min=1, help="ONNX Runtime intra-op / OpenVINO inference threads (default: one per core).")] = None,
     backend: Annotated[Optional[str], typer.Option(help="onnxruntime | openvino | tensorrt (default: by the file: .onnx ONNX Runtime, .xml OpenVINO IR, .engine TensorRT); openvino also runs an .onnx.")] = None,
-    precision: Annotated[Optional[str], typer.Option("--precision", help="OpenVINO inference precision: f32 (default) | bf16 (CPUs with native bfloat16).")] = None,
+    inference_precision: Annotated[Optional[str], _precision.inference_precision_option()] = None,
+    precision: Annotated[Optional[str], _precision.old_precision_option()] = None,
 ) -> None:
     """Measure latency (mean, p50-p99), throughput, tokens kept and MACs per threshold setting and batch size."""
     from avit.data.files import image_files
@@ -62,7 +64,7 @@ def profile_command(
             model, paths, static=static, batches=batches, settings=settings or None, presets=preset or (),
             iters=iters, duration=duration,
             warmup=warmup, stages=stages, calibration=calib if calib else None, threads=threads,
-            backend=backend, inference_precision=precision,
+            backend=backend, inference_precision=_precision.resolve(inference_precision, precision),
             progress=lambda desc, done, total: bar.update(task, description=desc, completed=done, total=total),
         )
     data = report.to_dict()

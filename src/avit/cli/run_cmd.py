@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from avit.cli import _precision
 from avit.cli._app import app, cli_errors, console, fmt_values, parse_thresholds
 from avit.errors import InputError
 
@@ -25,7 +26,8 @@ def run(
     calib: Annotated[Optional[Path], typer.Option(help="Calibration file for --preset (default: <model>.calib.json beside the model).")] = None,
     threads: Annotated[Optional[int], typer.Option(min=1, help="ONNX Runtime intra-op / OpenVINO inference threads (default: one per core).")] = None,
     backend: Annotated[Optional[str], typer.Option(help="onnxruntime | openvino | tensorrt (default: by the file: .onnx ONNX Runtime, .xml OpenVINO IR, .engine TensorRT); openvino also runs an .onnx.")] = None,
-    precision: Annotated[Optional[str], typer.Option("--precision", help="OpenVINO inference precision: f32 (default) | bf16 (CPUs with native bfloat16).")] = None,
+    inference_precision: Annotated[Optional[str], _precision.inference_precision_option()] = None,
+    precision: Annotated[Optional[str], _precision.old_precision_option()] = None,
     batch_layout: Annotated[str, typer.Option(help="auto | padded | per_image: how a batch with different token counts runs (see AdaptiveSession).")] = "auto",
 ) -> None:
     """Run an exported model on images; print tokens kept per pause point and latency."""
@@ -36,10 +38,10 @@ def run(
         raise InputError("give --thresholds or --preset, not both")
     session = AdaptiveSession(model, calibration=calib if calib else (None if preset else False),
                               intra_op_threads=threads, batch_layout=batch_layout, backend=backend,
-                              inference_precision=precision)
+                              inference_precision=_precision.resolve(inference_precision, precision))
     values = session.thresholds(session.preset(preset).thresholds if preset else parse_thresholds(thresholds))
     results = run_files(session, images, values, batch=batch, output_dir=output_dir)
-    on = session.backend.name + (f" {session.backend.inference_precision}" if hasattr(session.backend, "inference_precision") else "")
+    on = _precision.describe(session)
     table = Table(title=f"{model.name} on {on}: {f'preset {preset}, ' if preset else ''}thresholds {fmt_values(values.tolist()) or '-'} ({session.info.policy})")
     table.add_column("image")
     for k in session.info.pause_points:

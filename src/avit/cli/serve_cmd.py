@@ -13,6 +13,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from avit.cli import _precision
 from avit.cli._app import app, cli_errors, console, err_console, fmt_values, parse_thresholds
 from avit.errors import AvitError, InputError
 
@@ -29,7 +30,8 @@ def serve_command(
     max_wait_ms: Annotated[float, typer.Option(min=0.0, help="Longest a request waits for others to share its call, ms (0: never wait).")] = 2.0,
     threads: Annotated[Optional[int], typer.Option(min=1, help="ONNX Runtime intra-op / OpenVINO inference threads (default: one per core).")] = None,
     backend: Annotated[Optional[str], typer.Option(help="onnxruntime | openvino | tensorrt (default: by the file: .onnx ONNX Runtime, .xml OpenVINO IR, .engine TensorRT); openvino also runs an .onnx.")] = None,
-    precision: Annotated[Optional[str], typer.Option("--precision", help="OpenVINO inference precision: f32 (default) | bf16 (CPUs with native bfloat16).")] = None,
+    inference_precision: Annotated[Optional[str], _precision.inference_precision_option()] = None,
+    precision: Annotated[Optional[str], _precision.old_precision_option()] = None,
     calibration: Annotated[Optional[Path], typer.Option(help="Calibration file with presets (default: <model>.calib.json if present).")] = None,
     max_queue: Annotated[int, typer.Option(min=0, help="Requests that may wait beyond the running ones; more are answered 503 at once (Retry-After).")] = 64,
     timeout_s: Annotated[float, typer.Option(min=0.001, help="Longest time from admission to the answer, s; then 504 and the request is dropped.")] = 60.0,
@@ -60,7 +62,7 @@ def serve_command(
         intra_op_threads=threads,
         calibration=calibration,
         backend=backend,
-        inference_precision=precision,
+        inference_precision=_precision.resolve(inference_precision, precision),
         max_queue=max_queue,
         timeout_s=timeout_s,
         max_upload_mb=max_upload_mb,

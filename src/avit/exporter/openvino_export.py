@@ -70,7 +70,7 @@ def _onnxruntime_parity(source: Path, candidate: Path, atol: float, images: np.n
     from avit.runtime import AdaptiveSession
 
     reference = AdaptiveSession(source, calibration=False)
-    session = AdaptiveSession(candidate, calibration=False)
+    session = AdaptiveSession(candidate, calibration=False, inference_precision="f32")  # the IR's parity is f32's
     info = reference.info
     if images is None:
         images = np.random.default_rng(0).standard_normal((3, info.config["in_chans"], *info.input_size)).astype(np.float32)

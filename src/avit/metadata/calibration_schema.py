@@ -106,7 +106,24 @@ CALIBRATION_SCHEMA: dict[str, Any] = {
         "backend": {
             "type": "object",
             "required": ["name", "providers"],
-            "properties": {"name": {"type": "string"}, "providers": {"type": "array", "items": {"type": "string"}}},
+            "properties": {
+                "name": {"type": "string"},
+                "providers": {"type": "array", "items": {"type": "string"}},
+                "inference_precision": {"type": "string"},
+                "cpu": {
+                    "type": "object",
+                    "description": "the CPU the latencies were measured on (optional: files before it record none); "
+                                   "a session on another CPU type does not load the file automatically",
+                    "required": ["model", "features"],
+                    "properties": {
+                        "model": {"type": "string"},
+                        "vendor": {"type": "string"},
+                        "family": {"type": ["integer", "null"]},
+                        "model_number": {"type": ["integer", "null"]},
+                        "features": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+            },
         },
         "measurement": {
             "type": "object",

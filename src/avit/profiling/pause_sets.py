@@ -99,7 +99,7 @@ def active_masks(
         from avit.runtime import openvino_backend as ovb
 
         core = ovb.import_openvino().Core()
-        ovb.check_precision(core, inference_precision)
+        inference_precision = ovb.resolve_precision(core, inference_precision)
         compiled = ovb.compile_model(ovb.load_model(exposed, core, inference_precision), core, inference_precision, threads)
         request = compiled.create_infer_request()
 

@@ -243,7 +243,9 @@ def open_backend(
         intra_op_threads: ONNX Runtime intra-op threads, or OpenVINO's inference threads.
         plugin_library: Engines only; see :class:`TensorRTBackend`.
         backend: One of :data:`BACKENDS`; ``"openvino"`` also opens an avit ``.onnx`` (inlined at load).
-        inference_precision: OpenVINO only: ``"f32"`` (default) or ``"bf16"``.
+        inference_precision: OpenVINO: ``"auto"`` (default: bf16 where the CPU has native bfloat16, else
+            f32), ``"f32"`` or ``"bf16"``; other backends accept only None or ``"auto"`` (they run the
+            graph's own precision).
 
     Raises:
         ArtifactError: missing file, unknown suffix.
@@ -268,7 +270,7 @@ def open_backend(
                 "openvino": "write an IR with 'avit export MODEL.onnx --openvino'",
                 "onnxruntime": "ONNX Runtime runs .onnx files"}[name]
         raise InputError(f"the {name} backend cannot open {path.name} ({hint})")
-    if inference_precision is not None and name != "openvino":
+    if inference_precision not in (None, "auto") and name != "openvino":
         raise InputError(
             f"inference precision {inference_precision} applies to the openvino backend (--backend openvino), not {name}"
         )
@@ -281,7 +283,7 @@ def open_backend(
             import_openvino()
         except BackendUnavailableError as exc:
             raise BackendUnavailableError(f"{exc}, so {path.name} cannot run here") from exc
-        return OpenVINOBackend(path, inference_precision or "f32", intra_op_threads)
+        return OpenVINOBackend(path, inference_precision or "auto", intra_op_threads)
     if name == "onnxruntime":
         return OnnxRuntimeBackend(path, providers, intra_op_threads, inter_op_threads)
     try:

@@ -9,9 +9,11 @@ Two ways in:
   the graph is inlined with ``onnx.inliner.inline_local_functions`` at load (about 0.1 s); the file on
   disk stays as it is (the TensorRT path needs its functions: the plugins replace them).
 
-Inference precision (OpenVINO's ``INFERENCE_PRECISION_HINT``): ``"f32"`` (default; matches ONNX Runtime
-to ~1e-5) or ``"bf16"`` (on CPUs with native bfloat16, AVX512-BF16 or AMX: about 2× faster, a few
-pause decisions move; see docs/openvino.md for the measurements). Under bf16 the CPU plugin keeps the
+Inference precision (OpenVINO's ``INFERENCE_PRECISION_HINT``): ``"auto"`` (default: ``"bf16"`` where
+the CPU runs bfloat16 natively — OpenVINO lists ``BF16`` in the CPU's ``OPTIMIZATION_CAPABILITIES``,
+i.e. AVX512-BF16 or AMX — else ``"f32"``), ``"f32"`` (matches ONNX Runtime to ~1e-5) or ``"bf16"``
+(about 2× faster on the real model, a few pause decisions move; see docs/openvino.md for the
+measurements). The backend's :attr:`OpenVINOBackend.inference_precision` is the precision chosen. Under bf16 the CPU plugin keeps the
 graph's "tail" in float32 (every node between an output and the last matrix multiply before it), which
 includes the token scores and the threshold comparison of every pause point (they feed ``tokens_kept``).
 :func:`mark_token_heads` additionally marks each token head and select op with OpenVINO's
@@ -40,8 +42,8 @@ import numpy as np
 
 from avit.errors import ArtifactError, BackendUnavailableError
 
-#: Values of ``inference_precision``.
-INFERENCE_PRECISIONS = ("f32", "bf16")
+#: Values of ``inference_precision``; ``"auto"`` resolves to one of the others (:func:`resolve_precision`).
+INFERENCE_PRECISIONS = ("auto", "f32", "bf16")
 #: Suffix of the IR written next to ``model.onnx`` (``model.openvino.xml`` + ``model.openvino.bin``).
 IR_SUFFIX = ".openvino.xml"
 #: The select ops whose decisions a token head drives (see :mod:`avit.ops`).
@@ -276,8 +278,22 @@ def check_precision(core, inference_precision: str, device: str = "CPU") -> None
         raise InputError(f"inference precision {inference_precision!r} is not one of {', '.join(INFERENCE_PRECISIONS)}")
     if inference_precision == "bf16" and not bf16_supported(core, device):
         raise BackendUnavailableError(
-            f"inference precision bf16 needs native bfloat16 (AVX512-BF16 or AMX), which this {device} lacks; use f32"
+            f"inference precision bf16 needs native bfloat16 (AVX512-BF16 or AMX), which this {device} lacks; use f32 or auto"
         )
+
+
+def resolve_precision(core, inference_precision: str = "auto", device: str = "CPU") -> str:
+    """The precision to compile for: ``"auto"`` → ``"bf16"`` where ``device`` runs bfloat16 natively, else
+    ``"f32"``; an explicit value is checked (:func:`check_precision`) and returned.
+
+    Raises:
+        InputError: unknown precision.
+        BackendUnavailableError: bf16 asked for on a device without native bfloat16.
+    """
+    check_precision(core, inference_precision, device)
+    if inference_precision == "auto":
+        return "bf16" if bf16_supported(core, device) else "f32"
+    return inference_precision
 
 
 def load_model(source, core, inference_precision: str = "f32"):
@@ -324,12 +340,14 @@ class OpenVINOBackend:
 
     Args:
         path: ``model.openvino.xml`` (its ``.bin`` beside it) or ``model.onnx``.
-        inference_precision: ``"f32"`` (default) or ``"bf16"`` (OpenVINO's ``INFERENCE_PRECISION_HINT``).
+        inference_precision: ``"auto"`` (default: bf16 where the CPU has native bfloat16, else f32),
+            ``"f32"`` or ``"bf16"`` (OpenVINO's ``INFERENCE_PRECISION_HINT``).
         intra_op_threads: OpenVINO's ``INFERENCE_NUM_THREADS`` (None/0: its default, one per core).
         device: OpenVINO device; avit is measured on ``"CPU"``.
 
     Attributes:
-        inference_precision: The precision compiled for.
+        inference_precision: The precision compiled for, ``"f32"`` or ``"bf16"`` (``"auto"`` resolved).
+        requested_precision: What was asked for (``"auto"``, ``"f32"`` or ``"bf16"``).
         device: The device compiled for.
         compiled: The ``openvino.CompiledModel``.
 
@@ -344,13 +362,14 @@ class OpenVINOBackend:
     def __init__(
         self,
         path: str | os.PathLike,
-        inference_precision: str = "f32",
+        inference_precision: str = "auto",
         intra_op_threads: int | None = None,
         device: str = "CPU",
     ) -> None:
         ov = import_openvino()
         self.core = ov.Core()
-        check_precision(self.core, inference_precision, device)
+        self.requested_precision = inference_precision
+        inference_precision = resolve_precision(self.core, inference_precision, device)
         path = Path(path)
         if not path.is_file():
             raise ArtifactError(f"model not found: {path}")

@@ -9,7 +9,8 @@ Backends (:mod:`avit.runtime.backends`): ONNX Runtime for ``.onnx``, OpenVINO fo
 ``avit export --openvino``) or for an ``.onnx`` with ``backend="openvino"``, TensorRT for ``.engine``.
 
 Presets: a calibration file written by ``avit calibrate`` (``<model>.calib.json`` beside the model, loaded
-automatically) names threshold settings with their measured latency; ``run(images, preset="balanced")``
+automatically unless it was measured on another backend, inference precision or CPU type — then one
+log line says why) names threshold settings with their measured latency; ``run(images, preset="balanced")``
 uses one, ``run(images, latency_budget_ms=…)`` picks the best-quality preset whose latency fits (see
 :meth:`AdaptiveSession.select_preset` for how batch sizes other than the calibration's are handled).
 """
@@ -17,6 +18,7 @@ uses one, ``run(images, latency_budget_ms=…)`` picks the best-quality preset w
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import time
@@ -31,6 +33,10 @@ from avit.data.images import load_batch, preprocess
 from avit.errors import ArtifactError, InputError
 from avit.metadata import ModelInfo
 from avit.runtime.backends import Backend, open_backend
+from avit.runtime.machine import cpu_record, same_cpu_type
+
+#: Where the session says why a calibration file beside the model was not loaded (one line, WARNING).
+log = logging.getLogger("avit.runtime")
 
 
 @dataclasses.dataclass
@@ -80,15 +86,22 @@ class AdaptiveSession:
             "CPUExecutionProvider"]``; default CPU.
         backend: ``"onnxruntime"``, ``"openvino"`` or ``"tensorrt"``; None (default): by the file's
             suffix. ``"openvino"`` also runs an avit ``.onnx`` (its local functions inlined at load).
-        inference_precision: OpenVINO only: ``"f32"`` (default) or ``"bf16"`` (CPUs with native
-            bfloat16; about 2× faster on the real model, a few pause decisions move: docs/openvino.md).
+        inference_precision: OpenVINO: ``"auto"`` (default: ``"bf16"`` where the CPU runs bfloat16
+            natively — AVX512-BF16 or AMX, see ``avit doctor`` — else ``"f32"``), ``"f32"`` or ``"bf16"``
+            (about 2× faster on the real model, a few pause decisions move: docs/openvino.md). Other
+            backends accept None or ``"auto"``. The precision chosen is :attr:`inference_precision`.
         intra_op_threads: Threads inside one operator (ONNX Runtime ``intra_op_num_threads``, OpenVINO
             ``INFERENCE_NUM_THREADS``; 0/None = the backend's default, one per physical core).
         inter_op_threads: Threads across independent operators (``inter_op_num_threads``).
         calibration: Calibration file with presets (``avit calibrate``). None: ``<model>.calib.json``
             beside the model if it exists; True: that file, which must exist; a path (or a loaded
             :class:`~avit.calibration.Calibration`): that one; False: no presets. A calibration is checked
-            against the model (pause points, policy, and the SHA-256 of the model file, read once here).
+            against the model (pause points, policy, and the SHA-256 of the model file, read once here)
+            and against the machine: a file measured on another backend or inference precision is not
+            loaded automatically (and refused when named); one measured on another CPU type (model,
+            family/model numbers, AVX2/AVX-512/VNNI/BF16/AMX; files that record no CPU are trusted) is not
+            loaded automatically and loaded with a warning when named. Either skip is one log line
+            (logger ``avit.runtime``) and :attr:`calibration_note`.
         batch_layout: How a batch of ``B > 1`` images runs: ``"padded"`` (one call; after each pause
             point the images are padded to the batch's largest token count), ``"per_image"`` (one call
             per image, each at its own token count; the outputs are concatenated and ``latency_ms`` covers
@@ -105,6 +118,10 @@ class AdaptiveSession:
     Attributes:
         presets: Preset name → :class:`~avit.calibration.Preset` (read-only; empty without calibration).
         calibration: The loaded :class:`~avit.calibration.Calibration`, or None.
+        calibration_note: Why the calibration file beside the model was not loaded (or was loaded
+            although measured on another CPU type), else None.
+        inference_precision: The precision the backend computes in: OpenVINO's ``"f32"`` / ``"bf16"``
+            (``"auto"`` resolved); None for ONNX Runtime and TensorRT (the graph's own precision).
 
     Raises:
         ArtifactError: missing file, not a model, a model without avit metadata, or a calibration file
@@ -139,6 +156,8 @@ class AdaptiveSession:
             batch_layout = "per_image" if all(p == "CPUExecutionProvider" for p in used) else "padded"
         #: The layout in use: ``"padded"`` or ``"per_image"`` (``"auto"`` resolved).
         self.batch_layout: str = batch_layout
+        self.inference_precision: str | None = getattr(self.backend, "inference_precision", None)
+        self.calibration_note: str | None = None
         self.info: ModelInfo = ModelInfo.from_props(self.backend.metadata(), where=str(self.path))
         expected = ["images"] + (["pause_thresholds"] if self.info.num_pause_points else [])
         if self.backend.input_names() != expected:
@@ -164,18 +183,30 @@ class AdaptiveSession:
         else:
             calib = load_calibration(calibration)
         calib.check_model(self.info, self.path)
+        where = calib.path.name if calib.path is not None else "the calibration"
         measured_on = _measured_on(calib.data.get("backend", {}))
-        running = _measured_on({"name": self.backend.name,
-                                "inference_precision": getattr(self.backend, "inference_precision", None)})
+        running = _measured_on({"name": self.backend.name, "inference_precision": self.inference_precision})
         if measured_on != running:
             if automatic:  # its latencies belong to another backend: no presets rather than wrong ones
-                return None
-            where = calib.path.name if calib.path is not None else "the calibration"
+                return self._skip(f"{where} not loaded: measured on {measured_on}, this session runs {running} "
+                                  f"(calibrate for it: avit calibrate {self.path.name} ...)")
             raise ArtifactError(
                 f"{where} was measured on {measured_on}, this session runs {running}: "
                 f"calibrate for this backend (avit calibrate {self.path.name} ...) or pass calibration=False"
             )
+        recorded = calib.data.get("backend", {}).get("cpu")
+        other_cpu = same_cpu_type(recorded, cpu_record()) if recorded else None
+        if other_cpu is not None:  # its latencies belong to another CPU type
+            if automatic:
+                return self._skip(f"{where} not loaded: measured on another CPU ({other_cpu}); "
+                                  f"calibrate here: avit calibrate {self.path.name} ...")
+            self._skip(f"{where} was measured on another CPU ({other_cpu}): its latencies are estimates here")
         return calib
+
+    def _skip(self, reason: str) -> None:
+        """Record and log (one line) why the calibration is not loaded or not fully trusted; returns None."""
+        self.calibration_note = reason
+        log.warning(reason)
 
     # ------------------------------------------------------------------ inputs
     def thresholds(self, values: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
@@ -331,7 +362,9 @@ class AdaptiveSession:
 
     def __repr__(self) -> str:
         return (
-            f"AdaptiveSession({str(self.path)!r}, backend={self.backend.name}, variant={self.info.variant}, "
+            f"AdaptiveSession({str(self.path)!r}, backend={self.backend.name}, "
+            + (f"inference_precision={self.inference_precision}, " if self.inference_precision else "")
+            + f"variant={self.info.variant}, "
             f"pause_points={list(self.info.pause_points)}, policy={self.info.policy})"
         )
 
