@@ -220,7 +220,7 @@ def test_acmize_cli(tmp_path):
     ckpt = save_checkpoint(source, tmp_path / "m.ckpt")
     cli = [sys.executable, "-m", "avit.cli", "acmize", str(ckpt), "-o", str(tmp_path / "acm.ckpt")]
     proc = subprocess.run([*cli, "--pause-points", "2", "--images", str(photo_dir(tmp_path / "photos")),
-                           "--steps", "5", "--learners", "2"], capture_output=True, text=True, timeout=300)
+                           "--gate-steps", "5", "--learners", "2"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     acm, meta = load_checkpoint(tmp_path / "acm.ckpt")
     assert acm.config.policy == "acm" and tuple(acm.config.pause_points) == (2,) and acm.config.acm_learners == 2

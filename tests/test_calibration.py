@@ -382,17 +382,17 @@ def test_cli_calibrate_then_run_with_a_preset(model, photos, tmp_path):
     folder = photos[0].parent
     out = tmp_path / "m.calib.json"
     proc = avit("calibrate", model, "--target-latency-ms", "1e6", "--images", folder, "--batch", "2",
-                "--max-evals", "5", "--repeats", "0", "--final-rounds", "1", "-o", out)
+                "--max-evals", "5", "--search-rounds", "0", "--final-rounds", "1", "-o", out)
     assert proc.returncode == 0, proc.stderr
     assert "chosen" in proc.stdout and "held-out check on 2 images" in proc.stdout and "PASS" in proc.stdout
     assert out.is_file() and out.with_name("m.calib.png").is_file()
-    proc = avit("run", model, photos[0], "--preset", "balanced", "--calib", out)
+    proc = avit("run", model, photos[0], "--preset", "balanced", "--calibration", out)
     assert proc.returncode == 0 and "preset balanced" in proc.stdout, proc.stderr
-    one_line_error(avit("run", model, photos[0], "--preset", "nope", "--calib", out), "unknown preset 'nope'")
+    one_line_error(avit("run", model, photos[0], "--preset", "nope", "--calibration", out), "unknown preset 'nope'")
     one_line_error(avit("run", model, photos[0], "--preset", "fast"), "no presets for tiny.onnx")
     one_line_error(avit("run", model, photos[0], "--preset", "fast", "--thresholds", "0,0"), "not both")
     out.write_text("{}")
-    one_line_error(avit("run", model, photos[0], "--preset", "fast", "--calib", out), "not an avit calibration file")
+    one_line_error(avit("run", model, photos[0], "--preset", "fast", "--calibration", out), "not an avit calibration file")
 
 
 def test_cli_calibrate_errors(model, tmp_path):

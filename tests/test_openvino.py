@@ -266,7 +266,7 @@ def test_cli_export_inspect_run(tmp_path):
     assert proc.returncode == 0 and f"on openvino {precision}" in proc.stdout, proc.stderr
     proc = avit("run", tmp_path / "tiny.onnx", photo, "--backend", "openvino")
     assert proc.returncode == 0 and "on openvino f32" in proc.stdout, proc.stderr
-    proc = avit("profile", tmp_path / "tiny.openvino.xml", "--images", photo, "--iters", "1", "--no-stages", "--thresholds", "0.3,0.5")
+    proc = avit("profile", tmp_path / "tiny.openvino.xml", "--images", photo, "--rounds", "1", "--no-stages", "--thresholds", "0.3,0.5")
     assert proc.returncode == 0 and "on openvino f32" in proc.stdout, proc.stderr
     one_line_error(avit("run", tmp_path / "tiny.onnx", photo, "--precision", "bf16"), "applies to the openvino backend (--backend openvino)")
     one_line_error(avit("run", tmp_path / "tiny.onnx", photo, "--backend", "tensorrt"), "the tensorrt backend cannot open tiny.onnx")

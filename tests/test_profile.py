@@ -96,7 +96,7 @@ def test_profile_on_the_real_backend(model, photos, tmp_path):
 
 def test_profile_argument_errors(model, photos):
     paths = sorted(photos.glob("*.png"))
-    with pytest.raises(InputError, match="--iters or --duration"):
+    with pytest.raises(InputError, match="--rounds or --duration-s"):
         profile(model, paths, iters=None, duration=None)
     with pytest.raises(InputError, match="has pause points"):
         profile(model, paths, static=model, iters=1)
@@ -109,12 +109,12 @@ def avit(*args):
 
 
 def test_cli_profile_json_and_plot(model, photos, tmp_path):
-    proc = avit("profile", model, "--images", photos, "--batch", "1,2", "--iters", "1", "--warmup", "0",
+    proc = avit("profile", model, "--images", photos, "--batch-sizes", "1,2", "--rounds", "1", "--warmup", "0",
                 "--thresholds", "0.5,0.6", "--no-stages", "--json", "-")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["format"] == "avit-profile" and len(data["rows"]) == 4 and data["rows"][1]["thresholds"] == [0.5, 0.6]
-    proc = avit("profile", model, "--images", photos, "--iters", "1", "--json", tmp_path / "p.json", "--plot", tmp_path / "p.png")
+    proc = avit("profile", model, "--images", photos, "--rounds", "1", "--json", tmp_path / "p.json", "--plot", tmp_path / "p.png")
     assert proc.returncode == 0, proc.stderr
     assert "time per stage" in proc.stdout and "p95" in proc.stdout and "nothing-paused thresholds" in proc.stdout
     assert json.loads((tmp_path / "p.json").read_text())["rows"][0]["stages_ms"]["embed"] > 0
@@ -123,11 +123,11 @@ def test_cli_profile_json_and_plot(model, photos, tmp_path):
 
 def test_cli_profile_one_line_errors(model, photos, tmp_path):
     for args, pattern, code in [
-        ((model, "--images", photos, "--batch", "a"), "not a comma-separated list of integers", 1),
+        ((model, "--images", photos, "--batch-sizes", "a"), "not a comma-separated list of integers", 1),
         ((model, "--images", photos, "--thresholds", "0.1"), "expected 2 pause thresholds", 1),
         ((model, "--images", tmp_path / "none"), "images not found", 1),
         ((tmp_path / "missing.onnx", "--images", photos), "model not found", 1),
-        ((model, "--iters", "0"), "Invalid value for '--iters'", 2),
+        ((model, "--rounds", "0"), "Invalid value for '--rounds'", 2),
     ]:
         proc = avit("profile", *args)
         lines = [line for line in proc.stderr.splitlines() if line.strip()]

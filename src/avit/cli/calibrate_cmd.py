@@ -34,7 +34,7 @@ def calibrate_command(
     plot: Annotated[Optional[Path], typer.Option(help="Pareto-front PNG (default: <model>.calib.png beside the calibration file).")] = None,
     no_plot: Annotated[bool, typer.Option("--no-plot", help="Write no plot.")] = False,
     max_evals: Annotated[int, typer.Option(min=3, help="Most threshold settings the search measures.")] = 40,
-    repeats: Annotated[int, typer.Option(min=0, help="Timed passes over the images per setting during the search.")] = 2,
+    repeats: Annotated[int, typer.Option("--search-rounds", min=0, help="Timed passes over the images per setting during the search.")] = 2,
     final_rounds: Annotated[int, typer.Option(min=1, help="Interleaved rounds re-measuring the finalists and the held-out check.")] = 3,
     metric: Annotated[Optional[str], typer.Option(help="Quality: iou | pixel | top1 (default: iou for dense outputs, top1 for 1×1).")] = None,
     masks: Annotated[Optional[Path], typer.Option(help="Folder of label maps <image stem>.png: score against them instead of agreement with the full model.")] = None,

@@ -27,12 +27,12 @@ def profile_command(
     images: Annotated[Optional[Path], typer.Option(help="Folder of images (or one image). Default: the installed held-out photos.")] = None,
     max_images: Annotated[int, typer.Option(min=1, help="Use at most this many images (evenly spread).")] = 8,
     static: Annotated[Optional[Path], typer.Option(help="Static export of the same weights for the reference row (default: the adaptive model at nothing-paused thresholds).")] = None,
-    batch: Annotated[str, typer.Option(help="Batch sizes, e.g. 1,4.")] = "1",
+    batch: Annotated[str, typer.Option("--batch-sizes", help="Batch sizes, e.g. 1,4.")] = "1",
     thresholds: Annotated[Optional[list[str]], typer.Option(help="A setting to profile, e.g. 0.2,0.4 (repeat the option for more). Default: the calibration presets, else a grid.")] = None,
     preset: Annotated[Optional[list[str]], typer.Option(help="A calibration preset to profile (repeatable).")] = None,
-    calib: Annotated[Optional[Path], typer.Option(help="Calibration file with presets (default: <model>.calib.json if present).")] = None,
-    iters: Annotated[Optional[int], typer.Option(min=1, help="Timed rounds per batch size (each round runs every image at every setting).")] = 10,
-    duration: Annotated[Optional[float], typer.Option(help="Seconds of timed rounds per batch size (stops at --iters or --duration, whichever first).")] = None,
+    calib: Annotated[Optional[Path], typer.Option("--calibration", help="Calibration file with presets (default: <model>.calib.json if present).")] = None,
+    iters: Annotated[Optional[int], typer.Option("--rounds", min=1, help="Timed rounds per batch size (each round runs every image at every setting).")] = 10,
+    duration: Annotated[Optional[float], typer.Option("--duration-s", help="Seconds of timed rounds per batch size (stops at --rounds or --duration-s, whichever first).")] = None,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed rounds first.")] = 1,
     stages: Annotated[bool, typer.Option("--stages/--no-stages", help="Per-stage time from ONNX Runtime's profiler.")] = True,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON here ('-': stdout, nothing else printed).")] = None,
@@ -47,9 +47,9 @@ def profile_command(
 
     batches = parse_ints(batch)
     if not batches or min(batches) < 1:
-        raise InputError(f"--batch needs positive integers, got {batch!r}")
+        raise InputError(f"--batch-sizes needs positive integers, got {batch!r}")
     if json_out is None and iters is None and duration is None:
-        raise InputError("give --iters or --duration")
+        raise InputError("give --rounds or --duration-s")
     paths = image_files(images, "heldout", max_images)
     settings = [(f"thresholds {fmt_values(parse_thresholds(t), 3)}", parse_thresholds(t)) for t in thresholds or []]
     quiet = json_out is not None and str(json_out) == "-"

@@ -177,9 +177,9 @@ def profile(
     """
     t_start = time.perf_counter()
     if iters is None and duration is None:
-        raise InputError("give --iters or --duration")
+        raise InputError("give --rounds or --duration-s")
     if (iters is not None and iters < 1) or (duration is not None and duration <= 0) or warmup < 0:
-        raise InputError("--iters must be >= 1, --duration > 0 and --warmup >= 0")
+        raise InputError("--rounds must be >= 1, --duration-s > 0 and --warmup >= 0")
     batches = sorted({int(b) for b in batches})
     if not batches or batches[0] < 1:
         raise InputError(f"batch sizes must be >= 1, got {list(batches)}")
