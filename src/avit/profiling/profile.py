@@ -329,6 +329,6 @@ def _add_stages(rows, session, ref_session, x, stage_repeats, providers, threads
         for row, stage_ms in zip(group, times):
             row.stages_ms = stage_ms
     return (
-        "per-stage kernel time from ONNX Runtime's profiler (a separate profiled session, "
-        f"{stage_repeats} calls per setting on the first batch of images; profiler overhead included)"
+        f"stages: ONNX Runtime profiler kernel times, a separate session, {stage_repeats} calls per setting "
+        "on the first batch (profiler overhead included)"
     )
