@@ -34,7 +34,7 @@ from avit import __version__
 from avit.calibration.evaluate import BackendEvaluator
 from avit.metadata.calibration import calibration_path, file_sha256, save_calibration
 from avit.metadata.calibration_schema import FORMAT, VERSION
-from avit.calibration.choice import PRESET_FLOORS, pick_presets, select_final
+from avit.calibration.choice import PRESET_FLOORS, monotone_presets, pick_presets, quality_warning, select_final
 from avit.calibration.search import Measurement, ThresholdSearch, pareto_front
 from avit.evaluation.knobs import KnobSpace
 from avit.errors import InputError
@@ -272,9 +272,15 @@ def calibrate(
     meets = chosen is not None
     if chosen is None:  # everything paused: the fastest the model can be (by construction, not by noisy readings)
         chosen = fastest
-    presets = {name: remeasured[m.thresholds] for name, m in preset_picks.items()}
+    presets, same_as = monotone_presets(
+        {name: remeasured[m.thresholds] for name, m in preset_picks.items()}, floors or PRESET_FLOORS, q
+    )
+    warnings = {}
     if meets:
         presets = {"target": chosen, **presets}
+        warning = quality_warning(chosen, floors or PRESET_FLOORS, ref_quality, info.num_patches)
+        if warning:
+            warnings["target"] = warning
     front = pareto_front(points, q)
 
     # 3. held-out check
@@ -289,6 +295,7 @@ def calibrate(
     data = _document(
         model, info, session, threads, images, batch, q, repeats, final_rounds, evaluator, masks, space, target_ms,
         meets, result, search_seconds, max_evals, points, front_keys, chosen, check, presets, floors,
+        same_as=same_as, warnings=warnings,
     )
     save_calibration(out_path, data)
     plot_path = None
@@ -351,8 +358,20 @@ def _heldout_check(session, heldout, masks, metric, space, reference, chosen, ta
 
 def _document(model, info, session, threads, images, batch, q, repeats, final_rounds, evaluator, masks, space,
               target_ms, meets, result, search_seconds, max_evals, points, front_keys, chosen, check, presets,
-              floors) -> dict[str, Any]:
+              floors, same_as=None, warnings=None) -> dict[str, Any]:
     """The calibration file's content (schema: :data:`avit.metadata.calibration_schema.CALIBRATION_SCHEMA`)."""
+    same_as = same_as or {}
+    warnings = warnings or {}
+
+    def description(name: str) -> str:
+        if name == "target":
+            return f"best quality meeting {target_ms:g} ms {percentile_key(q)} at batch {batch}"
+        floor = (floors or PRESET_FLOORS)[name]
+        if name in same_as:
+            return (f"same setting as {same_as[name]}: the least-work setting with quality >= {floor:g} x reference "
+                    "was not faster when re-measured")
+        return f"least work (MACs) with quality >= {floor:g} x reference"
+
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -409,11 +428,8 @@ def _document(model, info, session, threads, images, batch, q, repeats, final_ro
                 "batch": batch,
                 "quality": m.quality,
                 "tokens_kept": list(m.tokens_kept),
-                "description": (
-                    f"best quality meeting {target_ms:g} ms {percentile_key(q)} at batch {batch}"
-                    if name == "target"
-                    else f"least work (MACs) with quality >= {(floors or PRESET_FLOORS)[name]:g} x reference"
-                ),
+                "description": description(name),
+                **({"warning": warnings[name]} if name in warnings else {}),
             }
             for name, m in presets.items()
         },

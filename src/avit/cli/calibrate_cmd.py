@@ -98,6 +98,11 @@ def calibrate_command(
     for name, m in report.presets.items():
         presets.add_row(name, fmt_values(m.thresholds), _ms(m.latency(q)), f"{m.quality:.4f}")
     console.print(presets)
+    for name, entry in data["presets"].items():
+        if entry["description"].startswith("same setting as"):
+            console.print(f"{name}: {escape(entry['description'])}")
+        if entry.get("warning"):
+            err_console.print(f"[bold yellow]warning:[/] preset {name}: {escape(entry['warning'])}")
     ref = report.reference
     metric_name = data["measurement"]["metric"]
     if report.meets_target:

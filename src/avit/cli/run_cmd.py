@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from avit.cli._app import app, cli_errors, console, fmt_values, parse_thresholds
+from avit.cli._app import app, cli_errors, console, err_console, fmt_values, parse_thresholds
 from avit.errors import InputError
 
 
@@ -37,6 +37,8 @@ def run(
     session = AdaptiveSession(model, calibration=calib if calib else (None if preset else False),
                               intra_op_threads=threads, batch_layout=batch_layout, backend=backend,
                               inference_precision=precision)
+    if preset and session.preset(preset).warning:
+        err_console.print(f"[bold yellow]warning:[/] preset {escape(preset)}: {escape(session.preset(preset).warning)}")
     values = session.thresholds(session.preset(preset).thresholds if preset else parse_thresholds(thresholds))
     results = run_files(session, images, values, batch=batch, output_dir=output_dir)
     on = session.backend.name + (f" {session.backend.inference_precision}" if hasattr(session.backend, "inference_precision") else "")
