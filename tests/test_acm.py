@@ -23,7 +23,7 @@ from avit.ops._registry import single_op_model
 from avit.runtime import AdaptiveSession
 from conftest import tiny_config, tiny_model
 
-F, I = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
+F, I64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
 
 
 # ---------------------------------------------------------------------------------------------- the op
@@ -33,7 +33,7 @@ def test_score_select_semantics_and_lowering():
     assert idx.tolist() == [[0, 2, 3], [1, 0, 0]] and kept.tolist() == [3, 1]  # not below: 0.5 kept; padding never
     assert ops.score_select(scores, torch.tensor([4, 0]), torch.tensor(-math.inf))[1].tolist() == [4, 0]
     assert ops.score_select(scores, torch.tensor([4, 4]), torch.tensor(math.inf))[0].shape == (2, 0)
-    model = single_op_model("AvitScoreSelect", {"scores": (F, 2), "counts": (I, 1), "threshold": (F, 0)})
+    model = single_op_model("AvitScoreSelect", {"scores": (F, 2), "counts": (I64, 1), "threshold": (F, 0)})
     onnx.checker.check_model(model, full_check=True)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     g = torch.Generator().manual_seed(0)

@@ -221,14 +221,14 @@ def profile(
     for b in batches:
         chunks, n = _chunks(x, b)
         outputs = []
-        for label, sess, t, _ in entries:
+        for _, sess, t, _ in entries:
             results = [sess.run(c, t) for c in chunks]
             outputs.append((np.concatenate([r.logits for r in results])[:n], [r.tokens_kept for r in results]))
         ref_logits = outputs[0][0]
         samples, round_totals, done = _timed_rounds(entries, chunks, b, warmup, iters, duration, say)
         rounds_done[b] = done
         ref_rounds = np.asarray(round_totals[0])
-        for i, (label, sess, t, is_ref) in enumerate(entries):
+        for i, (label, _, t, is_ref) in enumerate(entries):
             logits, kept_chunks = outputs[i]
             agree = agreement(logits, ref_logits)
             stats = latency_stats(samples[i])
