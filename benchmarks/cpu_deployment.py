@@ -67,11 +67,11 @@ def prepare(ckpt: Path, workdir: Path, console: Console, int8_mode: str = "stati
     paths["onnx static"] = workdir / "static.onnx"
     model = None
     for name, make in (
-        ("adaptive fp32", lambda p: export_onnx(model, p)),
-        ("onnx static", lambda p: export_onnx(model.static_copy(), p)),
-        ("int8", lambda p: quantize_onnx(paths["adaptive fp32"], p, mode=int8_mode, keep_fp32=keep_fp32)),
-        ("fused fp32", lambda p: optimize_onnx(paths["adaptive fp32"], p)),
-        ("int8 fused", lambda p: optimize_onnx(paths["int8"], p)),
+        ("adaptive fp32", lambda p, m: export_onnx(m, p)),
+        ("onnx static", lambda p, m: export_onnx(m.static_copy(), p)),
+        ("int8", lambda p, m: quantize_onnx(paths["adaptive fp32"], p, mode=int8_mode, keep_fp32=keep_fp32)),
+        ("fused fp32", lambda p, m: optimize_onnx(paths["adaptive fp32"], p)),
+        ("int8 fused", lambda p, m: optimize_onnx(paths["int8"], p)),
     ):
         if paths[name].is_file():
             continue
@@ -79,7 +79,7 @@ def prepare(ckpt: Path, workdir: Path, console: Console, int8_mode: str = "stati
             model, _ = load_checkpoint(ckpt)
         console.print(f"making {paths[name]} …")
         t0 = time.perf_counter()
-        make(paths[name])
+        make(paths[name], model)
         console.print(f"  done in {time.perf_counter() - t0:.0f} s")
     return paths
 
@@ -140,8 +140,9 @@ def main() -> int:
                 for v, name in enumerate(variants):
                     if name == "onnx static" and s:  # the static model ignores thresholds: time it once per image
                         continue
-                    fn = (lambda: eager(chunk, t)) if name == "torch eager" else (
-                        lambda: (lambda res: (res.logits, res.tokens_kept))(sessions[name].run(chunk, None if name == "onnx static" else t)))
+                    fn = (lambda chunk=chunk, t=t: eager(chunk, t)) if name == "torch eager" else (
+                        lambda chunk=chunk, t=t, name=name: (lambda res: (res.logits, res.tokens_kept))(
+                            sessions[name].run(chunk, None if name == "onnx static" else t)))
                     ms, out = timed(fn)
                     if r:
                         times[r - 1, s, v] += ms

@@ -30,6 +30,15 @@ def tiny_model(config: AdaptiveViTConfig | None = None, seed: int = 0, **overrid
     return model
 
 
+@pytest.fixture(scope="session")
+def hk():
+    """The host-kernel library (plugins/host, compiled once per session): test_plugin_kernels compares it with
+    the reference ops, test_plugin_cuda with the GPU kernels."""
+    from test_plugin_kernels import HostKernels, _build_host_library
+
+    return HostKernels(_build_host_library())
+
+
 @pytest.fixture
 def images() -> torch.Tensor:
     """float32 [3, 3, 64, 96] seeded noise images."""

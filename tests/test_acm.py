@@ -23,7 +23,7 @@ from avit.ops._registry import single_op_model
 from avit.runtime import AdaptiveSession
 from conftest import tiny_config, tiny_model
 
-F, I = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
+F, I64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
 
 
 # ---------------------------------------------------------------------------------------------- the op
@@ -33,7 +33,7 @@ def test_score_select_semantics_and_lowering():
     assert idx.tolist() == [[0, 2, 3], [1, 0, 0]] and kept.tolist() == [3, 1]  # not below: 0.5 kept; padding never
     assert ops.score_select(scores, torch.tensor([4, 0]), torch.tensor(-math.inf))[1].tolist() == [4, 0]
     assert ops.score_select(scores, torch.tensor([4, 4]), torch.tensor(math.inf))[0].shape == (2, 0)
-    model = single_op_model("AvitScoreSelect", {"scores": (F, 2), "counts": (I, 1), "threshold": (F, 0)})
+    model = single_op_model("AvitScoreSelect", {"scores": (F, 2), "counts": (I64, 1), "threshold": (F, 0)})
     onnx.checker.check_model(model, full_check=True)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     g = torch.Generator().manual_seed(0)
@@ -220,7 +220,7 @@ def test_acmize_cli(tmp_path):
     ckpt = save_checkpoint(source, tmp_path / "m.ckpt")
     cli = [sys.executable, "-m", "avit.cli", "acmize", str(ckpt), "-o", str(tmp_path / "acm.ckpt")]
     proc = subprocess.run([*cli, "--pause-points", "2", "--images", str(photo_dir(tmp_path / "photos")),
-                           "--steps", "5", "--learners", "2"], capture_output=True, text=True, timeout=300)
+                           "--gate-steps", "5", "--learners", "2"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     acm, meta = load_checkpoint(tmp_path / "acm.ckpt")
     assert acm.config.policy == "acm" and tuple(acm.config.pause_points) == (2,) and acm.config.acm_learners == 2

@@ -3,11 +3,10 @@ differences, a dense reference, and the nothing-paused model's gradients equal t
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 import avit.ops  # noqa: F401  (registers torch.ops.avit.*)
-from avit.models import AdaptiveViT, nothing_paused
+from avit.models import nothing_paused
 from conftest import tiny_model
 
 

@@ -13,7 +13,7 @@ import pytest
 from avit.calibration.calibrate import calibrate
 from avit.calibration.evaluate import BackendEvaluator
 from avit.metadata.calibration import Calibration, load_calibration, save_calibration
-from avit.calibration.choice import choose, pick_presets, select_final
+from avit.calibration.choice import choose, monotone_presets, pick_presets, quality_warning, select_final
 from avit.calibration.search import Measurement, ThresholdSearch, isotonic_decreasing, pareto_front
 from avit.evaluation.knobs import KnobSpace
 from avit.errors import ArtifactError, InputError
@@ -190,6 +190,41 @@ def test_isotonic_and_pareto_front_exactly():
     work = {0.0: 10, 0.1: 8, 0.2: 9, 0.3: 7, 0.4: 6, 0.5: 5}
     by_work = pick_presets(pts, 95, {"fast": 0.9, "accurate": 0.99}, cost=lambda m: work[m.thresholds[0]])
     assert {k: v.thresholds[0] for k, v in by_work.items()} == {"fast": 0.3, "accurate": 0.1}
+
+
+def test_presets_are_monotone_in_latency_after_remeasurement():
+    """The case seen in a real file: fast (least work) re-measured at 657.6 ms p95, accurate at 653.3 ms."""
+    floors = {"accurate": 0.99, "balanced": 0.95, "fast": 0.90}
+    accurate = Measurement((0.1,), (653.3,), 0.995)
+    balanced = Measurement((0.2,), (640.0,), 0.96)
+    fast = Measurement((0.3,), (657.6,), 0.92)
+    out, same_as = monotone_presets({"accurate": accurate, "balanced": balanced, "fast": fast}, floors, 95)
+    assert list(out) == ["accurate", "balanced", "fast"]
+    assert out["fast"] is balanced and same_as == {"fast": "balanced"}
+    # a chain: balanced falls back to accurate, and fast (slower than accurate) to accurate too
+    out, same_as = monotone_presets({"accurate": Measurement((0.1,), (600.0,), 0.995), "balanced": balanced,
+                                     "fast": Measurement((0.3,), (620.0,), 0.92)}, floors, 95)
+    assert out["balanced"].thresholds == out["fast"].thresholds == (0.1,)
+    assert same_as == {"balanced": "accurate", "fast": "accurate"}
+    # random re-measurements: latencies never increase as the floor drops, every preset keeps its floor
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        picks = {n: Measurement((float(i),), (float(rng.uniform(10, 20)),), f + float(rng.uniform(0, 0.01)))
+                 for i, (n, f) in enumerate(floors.items())}
+        out, same_as = monotone_presets(picks, floors, 95)
+        lat = [out[n].latency(95) for n in ("accurate", "balanced", "fast")]
+        assert lat == sorted(lat, reverse=True) and all(out[n].quality >= floors[n] for n in floors)
+        assert set(same_as) == {n for n in floors if out[n] is not picks[n]}
+
+
+def test_quality_warning_for_a_target_below_every_floor():
+    floors = {"accurate": 0.99, "fast": 0.90}
+    tight = Measurement((2.0, 2.0), (5.0,), 0.41, tokens_kept=(3.0, 0.0))
+    text = quality_warning(tight, floors, 1.0, 1024)
+    assert "keeps 3, 0 of 1024 tokens" in text and "quality 0.410" in text and "0.9 x reference" in text
+    assert quality_warning(Measurement((0.5, 0.5), (9.0,), 0.93, tokens_kept=(600.0, 300.0)), floors, 1.0, 1024) is None
+    # relative to the reference's quality when scoring against labels
+    assert quality_warning(Measurement((0.5, 0.5), (9.0,), 0.70, tokens_kept=(9.0, 9.0)), floors, 0.75, 1024) is None
 
 
 # ---------------------------------------------------------------------------------------------- real backend
@@ -382,17 +417,25 @@ def test_cli_calibrate_then_run_with_a_preset(model, photos, tmp_path):
     folder = photos[0].parent
     out = tmp_path / "m.calib.json"
     proc = avit("calibrate", model, "--target-latency-ms", "1e6", "--images", folder, "--batch", "2",
-                "--max-evals", "5", "--repeats", "0", "--final-rounds", "1", "-o", out)
+                "--max-evals", "5", "--search-rounds", "0", "--final-rounds", "1", "-o", out)
     assert proc.returncode == 0, proc.stderr
     assert "chosen" in proc.stdout and "held-out check on 2 images" in proc.stdout and "PASS" in proc.stdout
     assert out.is_file() and out.with_name("m.calib.png").is_file()
-    proc = avit("run", model, photos[0], "--preset", "balanced", "--calib", out)
+    proc = avit("run", model, photos[0], "--preset", "balanced", "--calibration", out)
     assert proc.returncode == 0 and "preset balanced" in proc.stdout, proc.stderr
-    one_line_error(avit("run", model, photos[0], "--preset", "nope", "--calib", out), "unknown preset 'nope'")
+    assert "warning" not in proc.stderr
+    data = json.loads(out.read_text())
+    lat = [data["presets"][n]["latency_ms"] for n in ("accurate", "balanced", "fast") if n in data["presets"]]
+    assert lat == sorted(lat, reverse=True), data["presets"]  # a lower floor is never slower
+    data["presets"]["balanced"]["warning"] = "it keeps 3 of 24 tokens"
+    out.write_text(json.dumps(data))
+    proc = avit("run", model, photos[0], "--preset", "balanced", "--calibration", out)
+    assert proc.returncode == 0 and "warning: preset balanced: it keeps 3 of 24 tokens" in proc.stderr, proc.stderr
+    one_line_error(avit("run", model, photos[0], "--preset", "nope", "--calibration", out), "unknown preset 'nope'")
     one_line_error(avit("run", model, photos[0], "--preset", "fast"), "no presets for tiny.onnx")
     one_line_error(avit("run", model, photos[0], "--preset", "fast", "--thresholds", "0,0"), "not both")
     out.write_text("{}")
-    one_line_error(avit("run", model, photos[0], "--preset", "fast", "--calib", out), "not an avit calibration file")
+    one_line_error(avit("run", model, photos[0], "--preset", "fast", "--calibration", out), "not an avit calibration file")
 
 
 def test_cli_calibrate_errors(model, tmp_path):

@@ -48,7 +48,7 @@ def exported(artifacts):
 
 def test_export_run_inspect(artifacts, exported, tmp_path):
     _, ckpt, photo = artifacts
-    proc = avit("run", exported, photo, photo, "--thresholds", "0.3,0.6", "-o", tmp_path / "out", "--batch", "2")
+    proc = avit("run", exported, photo, photo, "--thresholds", "0.3,0.6", "--output-dir", tmp_path / "out", "--batch", "2")
     assert proc.returncode == 0, proc.stderr
     assert "photo.png" in proc.stdout and "/ 24" in proc.stdout
     mask = Image.open(tmp_path / "out" / "photo.mask.png")
@@ -57,6 +57,22 @@ def test_export_run_inspect(artifacts, exported, tmp_path):
     for target, expect in ((exported, "AvitEntropySelect"), (ckpt, "pause_points")):
         proc = avit("inspect", target)
         assert proc.returncode == 0 and expect in proc.stdout, proc.stderr
+
+
+def test_run_old_output_spelling_and_readable_outputs(artifacts, exported, tmp_path):
+    """``avit run -o DIR`` (the old spelling of ``--output-dir``) still works; the masks are
+    readable by others under the usual umask (not owner-only)."""
+    import os
+    import stat
+
+    _, _, photo = artifacts
+    mask = os.umask(0o022)
+    os.umask(mask)
+    proc = avit("run", exported, photo, "--thresholds", "0.3,0.6", "-o", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("photo.mask.png", "photo.overlay.png"):
+        assert stat.S_IMODE((tmp_path / "out" / name).stat().st_mode) == 0o666 & ~mask
+    assert stat.S_IMODE(exported.stat().st_mode) == 0o666 & ~mask
 
 
 def test_export_static(artifacts, tmp_path):
@@ -96,7 +112,7 @@ def test_corrupt_checkpoint(artifacts, tmp_path):
 )
 def test_bad_thresholds(exported, artifacts, thresholds, pattern, tmp_path):
     _, _, photo = artifacts
-    proc = avit("run", exported, photo, "--thresholds", thresholds, "-o", tmp_path / "out")
+    proc = avit("run", exported, photo, "--thresholds", thresholds, "--output-dir", tmp_path / "out")
     assert_one_line_error(proc, pattern)
     assert not (tmp_path / "out").exists()
 

@@ -24,7 +24,7 @@ from avit.runtime import AdaptiveSession
 from conftest import bright_dark_model, tiny_config, tiny_model
 from tiny_onnx import photo_dir
 
-F, I = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
+F, I64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
 
 
 def select(logits, counts, t, k, score_mode=1):
@@ -72,7 +72,7 @@ def test_k_zero_is_confidence_select_and_context_is_per_class():
 @pytest.mark.parametrize("score_mode", [0, 1])
 def test_lowering_matches_reference(score_mode):
     model = single_op_model(
-        "AvitClassContextSelect", {"logits": (F, 3), "counts": (I, 1), "threshold": (F, 0), "k": (I, 0)}, score_mode=score_mode
+        "AvitClassContextSelect", {"logits": (F, 3), "counts": (I64, 1), "threshold": (F, 0), "k": (I64, 0)}, score_mode=score_mode
     )
     onnx.checker.check_model(model, full_check=True)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])

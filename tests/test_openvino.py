@@ -329,6 +329,9 @@ def test_cli_export_inspect_run(tmp_path):
     assert "--inference-precision" in help_text and "--precision " not in help_text
     one_line_error(avit("run", tmp_path / "tiny.onnx", photo, "--inference-precision", "bf16"), "applies to the openvino backend (--backend openvino)")
     one_line_error(avit("run", tmp_path / "tiny.openvino.xml", photo, "--inference-precision", "fp8"), "is not one of auto, f32, bf16")
+    proc = avit("profile", tmp_path / "tiny.openvino.xml", "--images", photo, "--rounds", "1", "--no-stages", "--thresholds", "0.3,0.5",
+                "--inference-precision", "f32")
+    assert proc.returncode == 0 and "on openvino f32" in proc.stdout, proc.stderr
     one_line_error(avit("run", tmp_path / "tiny.onnx", photo, "--backend", "tensorrt"), "the tensorrt backend cannot open tiny.onnx")
     code = ("import sys; sys.modules['openvino'] = None; from avit.cli.main import main; "
             f"sys.argv = ['avit', 'run', {str(tmp_path / 'tiny.openvino.xml')!r}, {str(photo)!r}]; main()")

@@ -13,7 +13,7 @@ import torch
 import avit.ops as ops
 from avit.ops._registry import single_op_model
 
-F, I = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
+F, I64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
 
 
 def session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -22,7 +22,7 @@ def session(model: onnx.ModelProto) -> ort.InferenceSession:
 
 
 def select_session(name: str, score_mode: int) -> ort.InferenceSession:
-    return session(single_op_model(name, {"logits": (F, 3), "counts": (I, 1), "value": (F, 0)}, score_mode=score_mode))
+    return session(single_op_model(name, {"logits": (F, 3), "counts": (I64, 1), "value": (F, 0)}, score_mode=score_mode))
 
 
 def random_logits(b: int, n: int, c: int, seed: int) -> torch.Tensor:
@@ -82,8 +82,8 @@ def test_keep_ratio_semantics_and_ties():
 
 
 def test_gather_and_scatter_lowering():
-    gather = session(single_op_model("AvitTokenGather", {"x": (F, 3), "idx": (I, 2)}))
-    scatter = session(single_op_model("AvitTokenScatter", {"dst": (F, 3), "idx": (I, 2), "src": (F, 3), "counts": (I, 1)}))
+    gather = session(single_op_model("AvitTokenGather", {"x": (F, 3), "idx": (I64, 2)}))
+    scatter = session(single_op_model("AvitTokenScatter", {"dst": (F, 3), "idx": (I64, 2), "src": (F, 3), "counts": (I64, 1)}))
     g = torch.Generator().manual_seed(0)
     for b, n, m, d in [(1, 10, 4, 3), (3, 50, 20, 8), (2, 5, 0, 4), (2, 1024, 700, 384)]:
         x = torch.randn(b, n, d, generator=g)
@@ -122,7 +122,7 @@ def test_fake_kernels_agree_with_reference(op, args):
 def test_registry_and_local_functions():
     names = set(ops.registered_ops())
     assert names == {"AvitEntropySelect", "AvitKeepRatioSelect", "AvitTokenGather", "AvitTokenScatter"}
-    model = single_op_model("AvitEntropySelect", {"logits": (F, 3), "counts": (I, 1), "value": (F, 0)})
+    model = single_op_model("AvitEntropySelect", {"logits": (F, 3), "counts": (I64, 1), "value": (F, 0)})
     funcs = {(f.domain, f.name) for f in model.functions}
     assert ("avit", "AvitEntropySelect") in funcs and ("avit", "AvitCompact") in funcs
     assert any(o.domain == "avit" for o in model.opset_import)

@@ -20,10 +20,9 @@ import sys
 
 import pytest
 import torch
-from test_plugin_kernels import (  # noqa: F401  (hk: the host-kernel fixture, compared with the GPU below)
+from test_plugin_kernels import (
     PLUGINS,
     assert_same_selection,
-    hk,
     make_logits,
     ref_select,
     safe_threshold,

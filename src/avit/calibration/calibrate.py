@@ -34,7 +34,7 @@ from avit import __version__
 from avit.calibration.evaluate import BackendEvaluator
 from avit.metadata.calibration import calibration_path, file_sha256, save_calibration
 from avit.metadata.calibration_schema import FORMAT, VERSION
-from avit.calibration.choice import PRESET_FLOORS, pick_presets, select_final
+from avit.calibration.choice import PRESET_FLOORS, monotone_presets, pick_presets, quality_warning, select_final
 from avit.calibration.search import Measurement, ThresholdSearch, pareto_front
 from avit.evaluation.knobs import KnobSpace
 from avit.errors import InputError
@@ -224,12 +224,7 @@ def calibrate(
     """
     t_start = time.perf_counter()
     model = Path(model)
-    if not (target_ms > 0) or not np.isfinite(target_ms):
-        raise InputError(f"--target-latency-ms must be a positive number, got {target_ms}")
-    if not (0 < percentile <= 100):
-        raise InputError(f"--percentile must lie in (0, 100], got {percentile}")
-    if batch < 1 or max_evals < 3 or final_rounds < 1 or repeats < 0 or tolerance < 0:
-        raise InputError("batch >= 1, max_evals >= 3, final_rounds >= 1, repeats >= 0 and tolerance >= 0 are required")
+    _check_arguments(target_ms, percentile, batch, max_evals, final_rounds, repeats, tolerance)
     images = [Path(p) for p in images]
     heldout = [Path(p) for p in heldout]
     if not images:
@@ -237,34 +232,105 @@ def calibrate(
     session = AdaptiveSession(model, providers, intra_op_threads=threads, calibration=False, backend=backend,
                               inference_precision=inference_precision)
     info = session.info
+    space, evaluator = _evaluator(session, model, images, masks, batch, repeats, metric)
+    say = progress or (lambda stage, done, total: None)
+    q = percentile
+    floors = floors or PRESET_FLOORS
+
+    # 1. search; 2. re-measure (interleaved) the finalists and pick the presets
+    result, search_seconds = _search(evaluator, space, target_ms, q, max_evals, floors, say)
+    final = _finalists(result, evaluator, info, target_ms, q, floors, final_rounds, say)
+
+    # 3. held-out check
+    check = None
+    if heldout:
+        check = _heldout_check(session, heldout, masks, evaluator.metric, space, final.reference, final.chosen,
+                               target_ms, q, tolerance, batch, final_rounds, say)
+
+    # 4. write
+    out_path = Path(output) if output else calibration_path(model)
+    front_keys = {m.thresholds for m in final.front}
+    data = _document(
+        model, info, session, threads, images, batch, q, repeats, final_rounds, evaluator, masks, space, target_ms,
+        final.meets, result, search_seconds, max_evals, final.points, front_keys, final.chosen, check, final.presets,
+        floors, same_as=final.same_as, warnings=final.warnings,
+    )
+    save_calibration(out_path, data)
+    plot_path = None
+    if plot is not None:
+        from avit.calibration.plot import plot_pareto
+
+        plot_path = plot_pareto(data, plot)
+    return CalibrationReport(
+        path=out_path, plot=plot_path, data=data, target_ms=float(target_ms), percentile=q, batch=batch,
+        chosen=final.chosen, meets_target=final.meets, reference=final.reference, fastest=final.fastest,
+        front=final.front, presets=final.presets, heldout=check, evaluations=result.evaluations,
+        timed=evaluator.timed, search_seconds=search_seconds, seconds=time.perf_counter() - t_start,
+    )
+
+
+def _evaluator(session, model, images, masks, batch, repeats, metric):
+    """The knob space and the evaluator (quality and timing of a setting on the calibration images).
+
+    Raises:
+        InputError: a model without pause points.
+    """
+    info = session.info
     if info.num_pause_points == 0:
         raise InputError(f"{model} has no pause points (a static export): nothing to calibrate")
     space = KnobSpace.for_model(info)
-    say = progress or (lambda stage, done, total: None)
-
     x = session.load_images(images)
     targets = load_label_maps(images, Path(masks), info.input_size, int(info.config["num_classes"])) if masks else None
     evaluator = BackendEvaluator(
         session, x, batch, repeats=repeats, metric=metric, targets=targets, reference_thresholds=space.nothing_paused
     )
-    per_setting = evaluator.calls_per_setting()
-    total_calls = max_evals * per_setting
-    evaluator.on_call = lambda: say("search", evaluator.calls, total_calls)
+    return space, evaluator
 
-    # 1. search
-    floor_values = tuple((floors or PRESET_FLOORS).values())
+
+def _check_arguments(target_ms, percentile, batch, max_evals, final_rounds, repeats, tolerance) -> None:
+    """Raise :class:`InputError` (one line, naming the option) for out-of-range :func:`calibrate` arguments."""
+    if not (target_ms > 0) or not np.isfinite(target_ms):
+        raise InputError(f"--target-latency-ms must be a positive number, got {target_ms}")
+    if not (0 < percentile <= 100):
+        raise InputError(f"--percentile must lie in (0, 100], got {percentile}")
+    if batch < 1 or max_evals < 3 or final_rounds < 1 or repeats < 0 or tolerance < 0:
+        raise InputError("batch >= 1, max_evals >= 3, final_rounds >= 1, repeats >= 0 and tolerance >= 0 are required")
+
+
+def _search(evaluator, space, target_ms, q, max_evals, floors, say):
+    """Step 1: the threshold search (quality first, timing where it can matter). Returns ``(result, seconds)``."""
+    total_calls = max_evals * evaluator.calls_per_setting()
+    evaluator.on_call = lambda: say("search", evaluator.calls, total_calls)
     search = ThresholdSearch(
-        evaluator, space, target_ms, percentile=percentile, max_evals=max_evals, floors=floor_values,
+        evaluator, space, target_ms, percentile=q, max_evals=max_evals, floors=tuple(floors.values()),
         quick=lambda t: evaluator(t, timed=False),
         anchors=[space.knobs(session.thresholds(None).tolist())], ladder=ladder,
     )
     t0 = time.perf_counter()
     result = search.run()
-    search_seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
     say("search", total_calls, total_calls)
+    return result, seconds
 
-    # 2. re-measure (interleaved): reference, fastest, preset candidates, then down the front to the choice
-    q = percentile
+
+@dataclasses.dataclass
+class _Final:
+    """Step 2's outcome: re-measured settings, the choice and the presets."""
+
+    chosen: Measurement
+    meets: bool
+    points: list[Measurement]
+    reference: Measurement
+    fastest: Measurement
+    front: list[Measurement]
+    presets: dict[str, Measurement]
+    same_as: dict[str, str]
+    warnings: dict[str, str]
+
+
+def _finalists(result, evaluator, info, target_ms, q, floors, final_rounds, say) -> _Final:
+    """Step 2: re-measure (interleaved) the reference, the fastest setting and the preset candidates, then
+    down the Pareto front to the choice; presets monotone in latency, a warning on a too-tight target."""
     ref_quality = result.reference.quality
     cfg = AdaptiveViTConfig.from_dict(info.config)
     work = lambda m: float(model_macs(cfg, [min(max(k, 0.0), info.num_patches) for k in m.tokens_kept])["total"])  # noqa: E731
@@ -283,49 +349,14 @@ def calibrate(
     meets = chosen is not None
     if chosen is None:  # everything paused: the fastest the model can be (by construction, not by noisy readings)
         chosen = fastest
-    presets = {name: remeasured[m.thresholds] for name, m in preset_picks.items()}
+    presets, same_as = monotone_presets({name: remeasured[m.thresholds] for name, m in preset_picks.items()}, floors, q)
+    warnings = {}
     if meets:
         presets = {"target": chosen, **presets}
-    front = pareto_front(points, q)
-
-    # 3. held-out check
-    check = None
-    if heldout:
-        check = _heldout_check(session, heldout, masks, evaluator.metric, space, reference, chosen, target_ms, q,
-                               tolerance, batch, final_rounds, say)
-
-    # 4. write
-    out_path = Path(output) if output else calibration_path(model)
-    front_keys = {m.thresholds for m in front}
-    data = _document(
-        model, info, session, threads, images, batch, q, repeats, final_rounds, evaluator, masks, space, target_ms,
-        meets, result, search_seconds, max_evals, points, front_keys, chosen, check, presets, floors,
-    )
-    save_calibration(out_path, data)
-    plot_path = None
-    if plot is not None:
-        from avit.calibration.plot import plot_pareto
-
-        plot_path = plot_pareto(data, plot)
-    return CalibrationReport(
-        path=out_path,
-        plot=plot_path,
-        data=data,
-        target_ms=float(target_ms),
-        percentile=q,
-        batch=batch,
-        chosen=chosen,
-        meets_target=meets,
-        reference=reference,
-        fastest=fastest,
-        front=front,
-        presets=presets,
-        heldout=check,
-        evaluations=result.evaluations,
-        timed=evaluator.timed,
-        search_seconds=search_seconds,
-        seconds=time.perf_counter() - t_start,
-    )
+        warning = quality_warning(chosen, floors, ref_quality, info.num_patches)
+        if warning:
+            warnings["target"] = warning
+    return _Final(chosen, meets, points, reference, fastest, pareto_front(points, q), presets, same_as, warnings)
 
 
 def _heldout_check(session, heldout, masks, metric, space, reference, chosen, target_ms, q, tolerance, batch,
@@ -362,8 +393,20 @@ def _heldout_check(session, heldout, masks, metric, space, reference, chosen, ta
 
 def _document(model, info, session, threads, images, batch, q, repeats, final_rounds, evaluator, masks, space,
               target_ms, meets, result, search_seconds, max_evals, points, front_keys, chosen, check, presets,
-              floors) -> dict[str, Any]:
+              floors, same_as=None, warnings=None) -> dict[str, Any]:
     """The calibration file's content (schema: :data:`avit.metadata.calibration_schema.CALIBRATION_SCHEMA`)."""
+    same_as = same_as or {}
+    warnings = warnings or {}
+
+    def description(name: str) -> str:
+        if name == "target":
+            return f"best quality meeting {target_ms:g} ms {percentile_key(q)} at batch {batch}"
+        floor = (floors or PRESET_FLOORS)[name]
+        if name in same_as:
+            return (f"same setting as {same_as[name]}: the least-work setting with quality >= {floor:g} x reference "
+                    "was not faster when re-measured")
+        return f"least work (MACs) with quality >= {floor:g} x reference"
+
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -421,11 +464,8 @@ def _document(model, info, session, threads, images, batch, q, repeats, final_ro
                 "batch": batch,
                 "quality": m.quality,
                 "tokens_kept": list(m.tokens_kept),
-                "description": (
-                    f"best quality meeting {target_ms:g} ms {percentile_key(q)} at batch {batch}"
-                    if name == "target"
-                    else f"least work (MACs) with quality >= {(floors or PRESET_FLOORS)[name]:g} x reference"
-                ),
+                "description": description(name),
+                **({"warning": warnings[name]} if name in warnings else {}),
             }
             for name, m in presets.items()
         },

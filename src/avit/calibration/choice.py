@@ -4,7 +4,11 @@
 * :func:`select_final` — walks down the Pareto front re-measuring (interleaved) the best candidates near
   the target, so that only re-measured numbers decide (boundary points sit right at the target by
   construction; a re-measurement puts about half of them over it);
-* :func:`pick_presets` — the fastest measured setting above each quality floor (:data:`PRESET_FLOORS`).
+* :func:`pick_presets` — the fastest measured setting above each quality floor (:data:`PRESET_FLOORS`);
+* :func:`monotone_presets` — after re-measurement, a preset with a lower floor is never slower than one
+  with a higher floor (``fast`` ≤ ``balanced`` ≤ ``accurate`` in latency);
+* :func:`quality_warning` — a one-line warning when the ``target`` preset buys its latency with output
+  quality below every preset floor.
 """
 
 from __future__ import annotations
@@ -96,3 +100,59 @@ def pick_presets(
         if ok:
             out[name] = min(ok, key=lambda m: (cost(m), -m.quality))
     return out
+
+
+def monotone_presets(
+    presets: dict[str, Measurement], floors: dict[str, float], q: float
+) -> tuple[dict[str, Measurement], dict[str, str]]:
+    """Make presets monotone in latency: a lower quality floor never buys a slower preset.
+
+    :func:`pick_presets` picks by work (MACs), and the picks are then re-measured; when a lower-floor
+    preset's ``q``-th percentile latency is not below that of a preset with a higher floor (measurement
+    noise between two settings of nearly equal work), the lower-floor preset takes the higher-floor
+    preset's setting: better quality, not slower, and it meets the lower floor too.
+
+    Args:
+        presets: Name → re-measured setting, names in ``floors`` (others are returned unchanged).
+        floors: Name → quality floor (relative to the reference).
+        q: Percentile (0-100] compared.
+
+    Returns:
+        ``(presets, same_as)``: the presets in the input order, and for each preset that took another's
+        setting the name of that preset.
+    """
+    order = sorted((n for n in presets if n in floors), key=lambda n: -floors[n])
+    out = dict(presets)
+    same_as: dict[str, str] = {}
+    prev: str | None = None
+    for name in order:
+        if prev is not None and out[name].latency(q) >= out[prev].latency(q):
+            out[name] = out[prev]
+            same_as[name] = same_as.get(prev, prev)
+        prev = name
+    return out, same_as
+
+
+def quality_warning(
+    chosen: Measurement, floors: dict[str, float], reference_quality: float, num_patches: int
+) -> str | None:
+    """A one-line warning when ``chosen`` (the ``target`` preset) falls below every preset's quality floor.
+
+    Args:
+        chosen: The setting that meets the latency target.
+        floors: Preset quality floors (relative to ``reference_quality``).
+        reference_quality: Quality of the nothing-paused reference.
+        num_patches: Tokens per image (the count ``tokens_kept`` is out of).
+
+    Returns:
+        None when ``chosen`` keeps at least the lowest floor, else the warning (no trailing period).
+    """
+    lowest = min(floors.values(), default=0.0)
+    if chosen.quality >= lowest * reference_quality - 1e-12:
+        return None
+    kept = ", ".join(f"{k:.0f}" for k in chosen.tokens_kept)
+    return (
+        f"it keeps {kept} of {num_patches} tokens and quality {chosen.quality:.3f} (reference "
+        f"{reference_quality:.3f}), below the lowest preset floor {lowest:g} x reference: the latency "
+        "target is too tight for useful output; a larger target or another preset keeps more"
+    )

@@ -10,6 +10,7 @@ import functools
 from typing import Optional
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.markup import escape
 
@@ -17,7 +18,63 @@ from avit._io import format_values
 from avit._io import parse_thresholds as _parse_thresholds
 from avit.errors import AvitError, InputError
 
+#: Old option spellings each command still accepts, silently and hidden from ``--help`` (scripts keep
+#: working; every output, error lines included, stays as with the new name): one concept has one option
+#: name in every command. ``{command: {old: new}}``; a command declares only the new name.
+RENAMED_OPTIONS: dict[str, dict[str, str]] = {
+    "adapt": {"--steps": "--head-steps"},
+    "finetune": {"--steps": "--finetune-steps", "--minutes": "--finetune-minutes"},
+    "acmize": {"--steps": "--gate-steps"},
+    "export": {"--calib-images": "--images", "--calib-count": "--max-images"},
+    "quantize": {"--calib-images": "--images", "--calib-count": "--max-images"},
+    "optimize": {"--level": "--opt-level"},
+    "run": {"-o": "--output-dir", "--calib": "--calibration"},
+    "calibrate": {"--repeats": "--search-rounds"},
+    "profile": {"--iters": "--rounds", "--calib": "--calibration", "--batch": "--batch-sizes", "--duration": "--duration-s"},
+    "validate": {"--batch": "--batch-sizes"},
+}
+
+
+def rename_options(args: list[str], renamed: dict[str, str]) -> tuple[list[str], list[str]]:
+    """Rewrite old option spellings in a command's arguments to the current ones.
+
+    ``--old VALUE``, ``--old=VALUE`` and, for a short alias, ``-oVALUE`` become the new name; nothing
+    after a bare ``--`` is touched. Returns ``(arguments, old spellings used)``.
+    """
+    out: list[str] = []
+    used: list[str] = []
+    for i, arg in enumerate(args):
+        if arg == "--":
+            out.extend(args[i:])
+            break
+        new = None
+        for old, current in renamed.items():
+            if arg == old:
+                new = current
+            elif old.startswith("--") and arg.startswith(old + "="):
+                new = current + arg[len(old):]
+            elif not old.startswith("--") and arg.startswith(old) and len(arg) > len(old):
+                new = f"{current}={arg[len(old):]}"
+            if new is not None:
+                used.append(old)
+                break
+        out.append(arg if new is None else new)
+    return out, used
+
+
+class _AvitGroup(typer.core.TyperGroup):
+    """The app's group: accepts each command's old option spellings (:data:`RENAMED_OPTIONS`)."""
+
+    def resolve_command(self, ctx, args):
+        name, cmd, rest = super().resolve_command(ctx, args)
+        renamed = RENAMED_OPTIONS.get(name or "")
+        if renamed:
+            rest, _ = rename_options(rest, renamed)
+        return name, cmd, rest
+
+
 app = typer.Typer(
+    cls=_AvitGroup,
     name="avit",
     no_args_is_help=True,
     add_completion=False,

@@ -22,7 +22,7 @@ def adapt(
     pause_points: Annotated[Optional[str], typer.Option(help="Block counts after which tokens may pause, e.g. 4,8.")] = None,
     policy: Annotated[str, typer.Option(help="entropy | confidence | keep_ratio")] = "entropy",
     fill: Annotated[Optional[str], typer.Option(help="How paused slots reach the decoder: predict | stale | canvas.")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Training steps of the token heads.")] = None,
+    head_steps: Annotated[Optional[int], typer.Option(help="Training steps of the token heads.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     finetune_steps: Annotated[Optional[int], typer.Option(help="Pause-aware fine-tuning steps (default: the library's, 600).")] = None,
     finetune_minutes: Annotated[Optional[float], typer.Option(help="Wall-time cap of the fine-tuning in minutes (with --finetune-steps 0: the whole budget).")] = None,
@@ -40,8 +40,8 @@ def adapt(
         kwargs["pause_points"] = parse_ints(pause_points)
     if fill is not None:
         kwargs["fill"] = fill
-    if steps is not None:
-        kwargs["steps"] = steps
+    if head_steps is not None:
+        kwargs["steps"] = head_steps
     if no_finetune and (finetune_minutes is not None or finetune_steps is not None):
         raise InputError("--no-finetune and --finetune-steps/--finetune-minutes contradict each other; give one")
     if no_finetune:

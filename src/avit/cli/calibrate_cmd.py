@@ -35,7 +35,7 @@ def calibrate_command(
     plot: Annotated[Optional[Path], typer.Option(help="Pareto-front PNG (default: <model>.calib.png beside the calibration file).")] = None,
     no_plot: Annotated[bool, typer.Option("--no-plot", help="Write no plot.")] = False,
     max_evals: Annotated[int, typer.Option(min=3, help="Most threshold settings the search measures.")] = 40,
-    repeats: Annotated[int, typer.Option(min=0, help="Timed passes over the images per setting during the search.")] = 2,
+    repeats: Annotated[int, typer.Option("--search-rounds", min=0, help="Timed passes over the images per setting during the search.")] = 2,
     final_rounds: Annotated[int, typer.Option(min=1, help="Interleaved rounds re-measuring the finalists and the held-out check.")] = 3,
     metric: Annotated[Optional[str], typer.Option(help="Quality: iou | pixel | top1 (default: iou for dense outputs, top1 for 1×1).")] = None,
     masks: Annotated[Optional[Path], typer.Option(help="Folder of label maps <image stem>.png: score against them instead of agreement with the full model.")] = None,
@@ -76,8 +76,18 @@ def calibrate_command(
             metric=metric, masks=masks, tolerance=tolerance, threads=threads, backend=backend, inference_precision=_precision.resolve(inference_precision, precision), progress=progress,
         )
 
-    q = report.percentile
-    data = report.data
+    _print_search(report, key)
+    _print_presets(report, key)
+    _print_verdict(report, key)
+    _print_heldout(report, key)
+    console.print(f"wrote {escape(str(report.path))}" + (f" and {escape(str(report.plot))}" if report.plot else ""))
+    hint = f"; use it: avit run {escape(str(model))} IMAGES --preset target" if report.meets_target else ""
+    console.print(f"total {report.seconds:.0f} s{hint}")
+
+
+def _print_search(report, key: str) -> None:
+    """How the search went, and the Pareto front on the calibration images."""
+    q, data, batch = report.percentile, report.data, report.batch
     console.print(
         f"search: {report.evaluations} settings measured ({report.timed} timed, the others shared the timing of "
         f"an identical token selection) in {report.search_seconds:.0f} s"
@@ -86,22 +96,35 @@ def calibrate_command(
     table = Table(title=f"Pareto front on the calibration images ({key} of one call, batch {batch})")
     for col in ("", "thresholds", "tokens kept", f"{key} ms", "mean ms", "quality", "re-measured"):
         table.add_column(col, justify="right")
-    chosen = report.chosen
     for m in report.front:
-        mark = "chosen" if m.thresholds == chosen.thresholds else ""
+        mark = "chosen" if m.thresholds == report.chosen.thresholds else ""
         table.add_row(
             mark, fmt_values(m.thresholds), ", ".join(f"{k:.0f}" for k in m.tokens_kept),
             _ms(m.latency(q)), _ms(m.stats()["mean"]), f"{m.quality:.4f}", "yes" if m.remeasured else "",
         )
     console.print(table)
+
+
+def _print_presets(report, key: str) -> None:
+    """The presets, which of them share a setting, and their warnings (on stderr)."""
+    q = report.percentile
     presets = Table(title="presets")
     for col in ("preset", "thresholds", f"{key} ms", "quality"):
         presets.add_column(col, justify="right")
     for name, m in report.presets.items():
         presets.add_row(name, fmt_values(m.thresholds), _ms(m.latency(q)), f"{m.quality:.4f}")
     console.print(presets)
-    ref = report.reference
-    metric_name = data["measurement"]["metric"]
+    for name, entry in report.data["presets"].items():
+        if entry["description"].startswith("same setting as"):
+            console.print(f"{name}: {escape(entry['description'])}")
+        if entry.get("warning"):
+            err_console.print(f"[bold yellow]warning:[/] preset {name}: {escape(entry['warning'])}")
+
+
+def _print_verdict(report, key: str) -> None:
+    """Whether a setting meets the target, and the chosen one."""
+    q, batch, chosen, ref = report.percentile, report.batch, report.chosen, report.reference
+    metric_name = report.data["measurement"]["metric"]
     if report.meets_target:
         console.print(
             f"[bold green]chosen[/] thresholds {fmt_values(chosen.thresholds)}: {key} {_ms(chosen.latency(q))} ms "
@@ -114,20 +137,22 @@ def calibrate_command(
             f"thresholds {fmt_values(chosen.thresholds)}, takes {key} {_ms(chosen.latency(q))} ms "
             f"(quality {chosen.quality:.4f}; nothing paused: {_ms(ref.latency(q))} ms)"
         )
-    check = report.heldout
-    if check is not None:
-        verdict = "[bold green]PASS[/]" if check.passed else "[bold red]FAIL[/]"
+
+
+def _print_heldout(report, key: str) -> None:
+    """The held-out check's verdict, and how much the machine's load moved meanwhile."""
+    check, q = report.heldout, report.percentile
+    if check is None:
+        return
+    verdict = "[bold green]PASS[/]" if check.passed else "[bold red]FAIL[/]"
+    console.print(
+        f"held-out check on {len(check.images)} images not used for calibration: {key} {_ms(check.latency_ms)} ms "
+        f"vs limit {_ms(check.limit_ms)} ms (target {check.target_ms:g} ms + {100 * check.tolerance:g} %): {verdict}; "
+        f"quality {check.latency.quality:.4f}; nothing paused there: {key} {_ms(check.reference.latency(q))} ms"
+    )
+    if check.load_factor is not None and abs(check.load_factor - 1) > 0.05:
         console.print(
-            f"held-out check on {len(check.images)} images not used for calibration: {key} {_ms(check.latency_ms)} ms "
-            f"vs limit {_ms(check.limit_ms)} ms (target {check.target_ms:g} ms + {100 * check.tolerance:g} %): {verdict}; "
-            f"quality {check.latency.quality:.4f}; nothing paused there: {key} {_ms(check.reference.latency(q))} ms"
+            f"  the machine ran {abs(check.load_factor - 1) * 100:.0f} % {'slower' if check.load_factor > 1 else 'faster'} "
+            f"during the check than during calibration (nothing paused, median: {_ms(check.reference.latency(50))} vs "
+            f"{_ms(check.calibration_reference_ms)} ms); corrected for that: {key} {_ms(check.corrected_ms)} ms"
         )
-        if check.load_factor is not None and abs(check.load_factor - 1) > 0.05:
-            console.print(
-                f"  the machine ran {abs(check.load_factor - 1) * 100:.0f} % {'slower' if check.load_factor > 1 else 'faster'} "
-                f"during the check than during calibration (nothing paused, median: {_ms(check.reference.latency(50))} vs "
-                f"{_ms(check.calibration_reference_ms)} ms); corrected for that: {key} {_ms(check.corrected_ms)} ms"
-            )
-    console.print(f"wrote {escape(str(report.path))}" + (f" and {escape(str(report.plot))}" if report.plot else ""))
-    hint = f"; use it: avit run {escape(str(model))} IMAGES --preset target" if report.meets_target else ""
-    console.print(f"total {report.seconds:.0f} s{hint}")

@@ -28,8 +28,8 @@ def export(
     plugins: Annotated[Optional[Path], typer.Option(help="--trt: avit plugin library (default: $AVIT_PLUGIN_LIBRARY, then build/plugins, plugins/build*).")] = None,
     timing_cache: Annotated[Optional[Path], typer.Option(help="--trt: timing cache file to reuse and update.")] = None,
     quantize: Annotated[Optional[str], typer.Option(help="int8 (static QDQ, calibrated on photos; TensorRT's explicit-quantization form) | int8-dynamic (ONNX Runtime only): the backbone's linear layers; token heads and adaptive ops stay fp32. Writes <model>.int8.onnx.")] = None,
-    calib_images: Annotated[Optional[Path], typer.Option(help="--quantize int8: folder of calibration images (default: the installed training photos).")] = None,
-    calib_count: Annotated[int, typer.Option(min=1, help="--quantize int8: calibration images used (evenly spread over the folder).")] = 16,
+    images: Annotated[Optional[Path], typer.Option(help="--quantize int8: folder of calibration images (default: the installed training photos).")] = None,
+    max_images: Annotated[int, typer.Option(min=1, help="--quantize int8: calibration images used at most (evenly spread over the folder).")] = 16,
     keep_fp32: Annotated[Optional[str], typer.Option(help="--quantize: regular expression of backbone layers to leave fp32, e.g. 'mlp\\.fc2'.")] = None,
     optimize: Annotated[bool, typer.Option("--optimize", help="Also write <model>.ort.onnx: transformer fusions + ONNX Runtime graph optimizations, saved offline (ONNX Runtime only).")] = False,
     opt_level: Annotated[str, typer.Option(help="--optimize: ONNX Runtime level saved: basic | extended | all (all is specific to this machine's CPU).")] = "extended",
@@ -40,7 +40,7 @@ def export(
 
     done = export_chain(
         model, output, static=static, check=check, atol=atol, precision=precision, quantize=quantize,
-        calib_images=calib_images, calib_count=calib_count, keep_fp32=keep_fp32, optimize=optimize,
+        calib_images=images, calib_count=max_images, keep_fp32=keep_fp32, optimize=optimize,
         opt_level=opt_level, openvino=openvino, trt=trt, engine=engine, min_batch=min_batch, opt_batch=opt_batch,
         max_batch=max_batch, plugins=plugins, timing_cache=timing_cache, log=log_line,
     )

@@ -17,8 +17,8 @@ from avit.cli._app import app, cli_errors, console, fmt_values
 def finetune(
     checkpoint: Annotated[Path, typer.Argument(help="avit checkpoint to fine-tune (adapted or imported).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Fine-tuned checkpoint to write (.ckpt).")],
-    steps: Annotated[Optional[int], typer.Option(help="Optimiser steps (default: the library's, 600; 0 with --minutes: until the time is spent).")] = None,
-    minutes: Annotated[Optional[float], typer.Option(help="Wall-time cap of the training loop in minutes (caching excluded).")] = None,
+    finetune_steps: Annotated[Optional[int], typer.Option(help="Optimiser steps (default: the library's, 600; 0 with --finetune-minutes: until the time is spent).")] = None,
+    finetune_minutes: Annotated[Optional[float], typer.Option(help="Wall-time cap of the training loop in minutes (caching excluded).")] = None,
     views: Annotated[Optional[int], typer.Option(help="Augmented training views cached.")] = None,
     adapter_rank: Annotated[Optional[int], typer.Option(help="Rank of the pause adapters (0 = none).")] = None,
     adapter_lr: Annotated[Optional[float], typer.Option(help="Learning rate of the pause adapters.")] = None,
@@ -33,9 +33,9 @@ def finetune(
     from avit.adapt.finetune import FinetuneSettings, finetune_checkpoint
 
     settings = FinetuneSettings(seed=seed)
-    if steps is not None:
-        settings.steps = steps
-    settings.minutes = minutes
+    if finetune_steps is not None:
+        settings.steps = finetune_steps
+    settings.minutes = finetune_minutes
     if views is not None:
         settings.views = views
     if lr is not None:

@@ -82,7 +82,7 @@ def acmize_command(
     pause_points: Annotated[Optional[str], typer.Option(help="Blocks where ACM segments start (one tolerance input each); default: the checkpoint's.")] = None,
     images: Annotated[Optional[Path], typer.Option(help="Folder of calibration images. Default: the installed training photos.")] = None,
     max_images: Annotated[int, typer.Option(min=1, help="Calibration images to use at most.")] = 16,
-    steps: Annotated[int, typer.Option(min=0, help="Adam steps per gate.")] = 300,
+    gate_steps: Annotated[int, typer.Option(min=0, help="Adam steps per gate.")] = 300,
     max_tokens: Annotated[int, typer.Option(min=16, help="Calibration tokens per block.")] = 8192,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
@@ -100,7 +100,7 @@ def acmize_command(
     x = torch.from_numpy(load_batch(paths, cfg.img_size, cfg.mean, cfg.std))
     points = parse_ints(pause_points) if pause_points is not None else None
     acm, report = acmize(
-        model, x, learners=learners, pause_points=points, steps=steps, max_tokens=max_tokens, seed=seed,
+        model, x, learners=learners, pause_points=points, steps=gate_steps, max_tokens=max_tokens, seed=seed,
         log=lambda m: console.print(f"  {escape(m)}"),
     )
     path = save_checkpoint(

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from avit.cli import _precision
-from avit.cli._app import app, cli_errors, console, fmt_values, parse_thresholds
+from avit.cli._app import app, cli_errors, console, err_console, fmt_values, parse_thresholds
 from avit.errors import InputError
 
 
@@ -20,10 +20,10 @@ def run(
     model: Annotated[Path, typer.Argument(help="Exported model (.onnx, .xml OpenVINO IR, or .engine).")],
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
     thresholds: Annotated[Optional[str], typer.Option(help="Pause thresholds (or keep ratios), one per pause point, e.g. 0.2,0.4.")] = None,
-    output_dir: Annotated[Optional[Path], typer.Option("-o", "--output-dir", help="Write <image>.mask.png and <image>.overlay.png here.")] = None,
+    output_dir: Annotated[Optional[Path], typer.Option(help="Folder for <image>.mask.png and <image>.overlay.png.")] = None,
     batch: Annotated[int, typer.Option(min=1, help="Images per call.")] = 1,
     preset: Annotated[Optional[str], typer.Option(help="Calibration preset instead of --thresholds (see avit calibrate), e.g. balanced.")] = None,
-    calib: Annotated[Optional[Path], typer.Option(help="Calibration file for --preset (default: <model>.calib.json beside the model).")] = None,
+    calib: Annotated[Optional[Path], typer.Option("--calibration", help="Calibration file for --preset (default: <model>.calib.json beside the model).")] = None,
     threads: Annotated[Optional[int], typer.Option(min=1, help="ONNX Runtime intra-op / OpenVINO inference threads (default: one per core).")] = None,
     backend: Annotated[Optional[str], typer.Option(help="onnxruntime | openvino | tensorrt (default: by the file: .onnx ONNX Runtime, .xml OpenVINO IR, .engine TensorRT); openvino also runs an .onnx.")] = None,
     inference_precision: Annotated[Optional[str], _precision.inference_precision_option()] = None,
@@ -39,6 +39,8 @@ def run(
     session = AdaptiveSession(model, calibration=calib if calib else (None if preset else False),
                               intra_op_threads=threads, batch_layout=batch_layout, backend=backend,
                               inference_precision=_precision.resolve(inference_precision, precision))
+    if preset and session.preset(preset).warning:
+        err_console.print(f"[bold yellow]warning:[/] preset {escape(preset)}: {escape(session.preset(preset).warning)}")
     values = session.thresholds(session.preset(preset).thresholds if preset else parse_thresholds(thresholds))
     results = run_files(session, images, values, batch=batch, output_dir=output_dir)
     on = _precision.describe(session)

@@ -23,7 +23,7 @@ def validate(
     model: Annotated[Path, typer.Argument(help="Artifact to check: a TensorRT .engine (or an .onnx, e.g. an fp16 export).")],
     onnx: Annotated[Optional[Path], typer.Option("--onnx", help="ONNX reference run in ONNX Runtime CPU (default for an engine: the ONNX it was built from).")] = None,
     images: Annotated[Optional[Path], typer.Option(help="Folder of images to compare on (default: seeded noise).")] = None,
-    batch: Annotated[Optional[str], typer.Option(help="Batch sizes, e.g. 1,8 (default: the engine profile's min and max).")] = None,
+    batch: Annotated[Optional[str], typer.Option("--batch-sizes", help="Batch sizes, e.g. 1,8 (default: the engine profile's min and max).")] = None,
     thresholds: Annotated[Optional[list[str]], typer.Option(help="Extra threshold setting to check, e.g. 0.2,0.4 (repeatable).")] = None,
     atol: Annotated[Optional[float], typer.Option(help="Absolute logit tolerance (default by precision: fp32 1e-3, fp16 5e-2).")] = None,
     rtol: Annotated[Optional[float], typer.Option(help="Relative logit tolerance (an element fails only beyond both).")] = None,

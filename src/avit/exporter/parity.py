@@ -99,7 +99,9 @@ def probe_acm_thresholds(
         captured: list[torch.Tensor] = []
         blocks = [model.blocks[i] for i in range(cfg.pause_points[p], stops[p])]
         handles = [
-            b.norm2.register_forward_hook(lambda mod, inp, out, b=b: captured.append(b.mlp.remaining_error(out)[..., 1:]))
+            b.norm2.register_forward_hook(
+                lambda mod, inp, out, b=b, captured=captured: captured.append(b.mlp.remaining_error(out)[..., 1:])
+            )
             for b in blocks
         ]
         try:

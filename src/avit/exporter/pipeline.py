@@ -80,6 +80,33 @@ def _check_options(source: Path, precision, quantize, optimize, trt, openvino=Fa
         raise InputError(f"model not found: {source}")
 
 
+def _onnx_stage(source: Path, output, *, static, check, atol, precision, log):
+    """The chain's first stage: export the checkpoint ``source`` to ONNX, or take ``source`` if it is an ONNX
+    model (of ``precision``, when given). Returns ``(report, the exported network or None)``.
+
+    Raises:
+        InputError: an ONNX source of another precision. CheckpointError, ExportError: from the export.
+    """
+    if source.suffix.lower() == ".onnx":
+        if precision is not None:
+            from avit.metadata.onnx_file import read_onnx
+
+            have = read_onnx(source)[1].precision
+            if have != precision:
+                raise InputError(f"{source} was exported as {have}; for --precision {precision} export it from the checkpoint")
+        return ChainReport(onnx=source), None
+    from avit.exporter.onnx_export import export_onnx
+    from avit.models import load_checkpoint
+
+    net, meta = load_checkpoint(source)
+    if static:
+        net = net.static_copy()
+    precision = precision or "fp32"
+    path = Path(output) if output is not None else default_onnx_path(source, static=static, precision=precision)
+    exported = export_onnx(net, path, check=check, atol=atol, source=meta, precision=precision, log=log)
+    return ChainReport(onnx=exported.path, export=exported), net
+
+
 def export_chain(
     source: str | os.PathLike,
     output: str | os.PathLike | None = None,
@@ -139,25 +166,7 @@ def export_chain(
         from avit.runtime.openvino_backend import import_openvino
 
         import_openvino()  # before a long export: one line naming the extra to install
-    if source.suffix.lower() == ".onnx":
-        if precision is not None:
-            from avit.metadata.onnx_file import read_onnx
-
-            have = read_onnx(source)[1].precision
-            if have != precision:
-                raise InputError(f"{source} was exported as {have}; for --precision {precision} export it from the checkpoint")
-        report = ChainReport(onnx=source)
-    else:
-        from avit.exporter.onnx_export import export_onnx
-        from avit.models import load_checkpoint
-
-        net, meta = load_checkpoint(source)
-        if static:
-            net = net.static_copy()
-        precision = precision or "fp32"
-        path = Path(output) if output is not None else default_onnx_path(source, static=static, precision=precision)
-        exported = export_onnx(net, path, check=check, atol=atol, source=meta, precision=precision, log=log)
-        report = ChainReport(onnx=exported.path, export=exported)
+    report, net = _onnx_stage(source, output, static=static, check=check, atol=atol, precision=precision, log=log)
     current = report.onnx
     if openvino:
         from avit.exporter.openvino_export import export_openvino

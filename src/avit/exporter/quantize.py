@@ -102,7 +102,7 @@ def calibration_batches(info: ModelInfo, images) -> list[dict[str, np.ndarray]]:
     if images is None:
         photos = find_photos("train")[:DEFAULT_CALIBRATION_IMAGES]
         if not photos:
-            raise InputError("static quantization needs calibration images: pass some (--calib-images) or install scikit-image / opencv-doc photos")
+            raise InputError("static quantization needs calibration images: pass some (--images) or install scikit-image / opencv-doc photos")
         x = load_batch(photos, info.input_size, info.mean, info.std)
     elif isinstance(images, np.ndarray):
         x = images

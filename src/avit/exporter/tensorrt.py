@@ -203,6 +203,71 @@ def _first_error(logger, fallback: str) -> str:
     return logger.errors[0].splitlines()[0][:300] if logger.errors else fallback
 
 
+def _builder(trt, logger):
+    """A TensorRT builder. Raises :class:`BackendUnavailableError` when CUDA cannot initialise."""
+    try:
+        builder = trt.Builder(logger)
+    except Exception as exc:  # pybind raises TypeError/RuntimeError when CUDA cannot initialise
+        raise BackendUnavailableError(f"TensorRT found no usable CUDA GPU: {_first_error(logger, str(exc))}") from exc
+    if builder is None:
+        raise BackendUnavailableError(f"TensorRT found no usable CUDA GPU: {_first_error(logger, 'Builder() failed')}")
+    return builder
+
+
+def _parse(trt, builder, logger, proto, info, onnx_path: Path, library, say):
+    """The strongly typed network parsed from the ONNX model (avit nodes as plugins when ``library``).
+
+    Returns:
+        ``(network, parser, plugin_override, plugin_layers)``; the parser owns weights the network uses,
+        so it must live as long as the network.
+
+    Raises:
+        ExportError: parser errors (each logged on its own line), or plugin layers missing for avit nodes.
+    """
+    flags = 0
+    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):  # 10.x; deprecated no-op in 11 (always strong)
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    plugin_override = hasattr(trt, "OnnxParserFlag") and hasattr(trt.OnnxParserFlag, "ENABLE_PLUGIN_OVERRIDE")
+    if library is not None and plugin_override:
+        parser.set_flag(trt.OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE)
+
+    say(f"parsing {onnx_path} ({'plugins' if library is not None else 'standard ops'}, {info.precision})")
+    data = prepare_onnx(proto, use_plugins=library is not None).SerializeToString()
+    ok = parser.parse(data, str(onnx_path))
+    if not ok or parser.num_errors:
+        errors = [str(parser.get_error(i)).strip() for i in range(parser.num_errors)]
+        for line in errors:
+            say(f"parser error: {line}")
+        first = errors[0].splitlines()[0][:300] if errors else _first_error(logger, "unknown error")
+        raise ExportError(f"TensorRT's ONNX parser failed on {onnx_path.name} ({len(errors)} errors), first: {first}")
+    plugin_layers = sum(
+        1 for i in range(network.num_layers) if network.get_layer(i).type == getattr(trt.LayerType, "PLUGIN_V3", None)
+    )
+    n_avit = sum(1 for n in proto.graph.node if n.domain == AVIT_DOMAIN)
+    if library is not None and plugin_layers != n_avit:
+        raise ExportError(f"the parsed network has {plugin_layers} plugin layers for {n_avit} avit nodes")
+    return network, parser, plugin_override, plugin_layers
+
+
+def _builder_config(trt, builder, profile, workspace_mb, tf32, cache_path: Path | None):
+    """Builder config: workspace limit, TF32 off unless asked, the optimization profile, the timing cache."""
+    config = builder.create_builder_config()
+    if workspace_mb is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
+    if not tf32:
+        config.clear_flag(trt.BuilderFlag.TF32)
+    opt = builder.create_optimization_profile()
+    shapes = profile["images"]
+    opt.set_shape("images", shapes["min"], shapes["opt"], shapes["max"])
+    config.add_optimization_profile(opt)
+    if cache_path is not None:
+        cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    return config
+
+
 def build_engine(
     onnx_path: str | os.PathLike,
     engine_path: str | os.PathLike | None = None,
@@ -256,50 +321,11 @@ def build_engine(
         say(f"loaded plugin library {library} ({loader} registration)")
 
     logger = make_logger(trt, say)
-    try:
-        builder = trt.Builder(logger)
-    except Exception as exc:  # pybind raises TypeError/RuntimeError when CUDA cannot initialise
-        raise BackendUnavailableError(f"TensorRT found no usable CUDA GPU: {_first_error(logger, str(exc))}") from exc
-    if builder is None:
-        raise BackendUnavailableError(f"TensorRT found no usable CUDA GPU: {_first_error(logger, 'Builder() failed')}")
-    flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):  # 10.x; deprecated no-op in 11 (always strong)
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    plugin_override = hasattr(trt, "OnnxParserFlag") and hasattr(trt.OnnxParserFlag, "ENABLE_PLUGIN_OVERRIDE")
-    if library is not None and plugin_override:
-        parser.set_flag(trt.OnnxParserFlag.ENABLE_PLUGIN_OVERRIDE)
-
-    say(f"parsing {onnx_path} ({'plugins' if library is not None else 'standard ops'}, {info.precision})")
-    data = prepare_onnx(proto, use_plugins=library is not None).SerializeToString()
-    ok = parser.parse(data, str(onnx_path))
-    if not ok or parser.num_errors:
-        errors = [str(parser.get_error(i)).strip() for i in range(parser.num_errors)]
-        for line in errors:
-            say(f"parser error: {line}")
-        first = errors[0].splitlines()[0][:300] if errors else _first_error(logger, "unknown error")
-        raise ExportError(f"TensorRT's ONNX parser failed on {onnx_path.name} ({len(errors)} errors), first: {first}")
-    plugin_layers = sum(
-        1 for i in range(network.num_layers) if network.get_layer(i).type == getattr(trt.LayerType, "PLUGIN_V3", None)
-    )
-    n_avit = sum(1 for n in proto.graph.node if n.domain == AVIT_DOMAIN)
-    if library is not None and plugin_layers != n_avit:
-        raise ExportError(f"the parsed network has {plugin_layers} plugin layers for {n_avit} avit nodes")
-
-    config = builder.create_builder_config()
-    if workspace_mb is not None:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
-    if not tf32:
-        config.clear_flag(trt.BuilderFlag.TF32)
-    opt = builder.create_optimization_profile()
-    shapes = profile["images"]
-    opt.set_shape("images", shapes["min"], shapes["opt"], shapes["max"])
-    config.add_optimization_profile(opt)
+    builder = _builder(trt, logger)
+    # the parser owns weights the network uses: keep it alive until the engine is built
+    network, parser, plugin_override, plugin_layers = _parse(trt, builder, logger, proto, info, onnx_path, library, say)
     cache_path = Path(timing_cache) if timing_cache is not None else None
-    if cache_path is not None:
-        cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
+    config = _builder_config(trt, builder, profile, workspace_mb, tf32, cache_path)
 
     say(f"building engine (batch {min_batch}..{max_batch}, opt {opt_batch}); this takes a while")
     t0 = time.perf_counter()
@@ -317,7 +343,6 @@ def build_engine(
         onnx_path, engine_path, profile, plugin_library=library, timing_cache=cache_path,
         workspace_mb=workspace_mb, tf32=tf32, plugin_override=plugin_override and library is not None,
     )
-    props = {p.key: p.value for p in proto.metadata_props if p.key.startswith("avit.")}
     sidecar = EngineSidecar(
         engine_sha256="",
         tensorrt_version=str(trt.__version__),
@@ -328,7 +353,7 @@ def build_engine(
         plugin_loader=loader,
         onnx_path=str(onnx_path.resolve()),
         onnx_sha256=file_sha256(onnx_path),
-        metadata=props,
+        metadata={p.key: p.value for p in proto.metadata_props if p.key.startswith("avit.")},
         pause_points=list(info.pause_points),
         default_thresholds=list(info.default_thresholds),
         builder={

@@ -49,6 +49,7 @@ class Preset:
         batch: Images per call it was measured with.
         quality: Agreement with the reference on the calibration images (or metric against labels).
         tokens_kept: Mean active tokens after each pause point on the calibration images.
+        warning: Why its output may be poor (e.g. a ``target`` that keeps almost no tokens); "" if none.
     """
 
     name: str
@@ -58,6 +59,7 @@ class Preset:
     batch: int
     quality: float
     tokens_kept: tuple[float, ...] = ()
+    warning: str = ""
 
     def latency_for_batch(self, batch: int) -> float:
         """Estimated latency of a call of ``batch`` images: exact at :attr:`batch`, else scaled per image.
@@ -76,6 +78,7 @@ class Preset:
             "batch": self.batch,
             "quality": self.quality,
             "tokens_kept": list(self.tokens_kept),
+            **({"warning": self.warning} if self.warning else {}),
         }
 
 
@@ -134,6 +137,7 @@ class Calibration:
                 batch=int(pr["batch"]),
                 quality=float(pr["quality"]),
                 tokens_kept=tuple(float(k) for k in pr["tokens_kept"]),
+                warning=str(pr.get("warning", "")),
             )
             for name, pr in data["presets"].items()
         }

@@ -57,6 +57,7 @@ _PRESET = {
         "quality": {"type": "number"},
         "tokens_kept": _VALUES,
         "description": {"type": "string"},
+        "warning": {"type": "string", "description": "why the preset's output may be poor (e.g. too few tokens kept)"},
     },
 }
 _CHECK = {

@@ -35,15 +35,15 @@ def plot_profile(report: dict[str, Any], path: str | os.PathLike) -> Path:
     labels = list(dict.fromkeys(r["label"] for r in rows))
     first = {r["label"]: r for r in rows if r["batch"] == batches[0]}
     x = np.arange(len(labels))
-    staged = all(first[l].get("stages_ms") for l in labels)
+    staged = all(first[lab].get("stages_ms") for lab in labels)
     panels = 4 if staged else 3
     fig, axes = plt.subplots(panels, 1, figsize=(max(7.0, 1.3 * len(labels) + 2), 3 * panels), dpi=110, sharex=True)
 
     ax = axes[0]
     for b in batches:
         per = {r["label"]: r for r in rows if r["batch"] == b}
-        p50 = [per[l]["latency_ms"]["p50"] if l in per else np.nan for l in labels]
-        p95 = [per[l]["latency_ms"]["p95"] if l in per else np.nan for l in labels]
+        p50 = [per[lab]["latency_ms"]["p50"] if lab in per else np.nan for lab in labels]
+        p95 = [per[lab]["latency_ms"]["p95"] if lab in per else np.nan for lab in labels]
         line = ax.plot(x, p50, marker="o", label=f"batch {b}: p50")[0]
         ax.plot(x, p95, marker="v", ls="--", color=line.get_color(), alpha=0.8, label=f"batch {b}: p95")
     if len(batches) > 1 and batches[-1] / batches[0] >= 3:
@@ -54,17 +54,17 @@ def plot_profile(report: dict[str, Any], path: str | os.PathLike) -> Path:
     ax.legend(fontsize=7, ncol=max(1, len(batches)))
 
     ax = axes[1]
-    ax.plot(x, [first[l]["iou"] for l in labels], marker="o", label="IoU")
-    ax.plot(x, [first[l]["pixel_agreement"] for l in labels], marker="s", label="pixel agreement")
+    ax.plot(x, [first[lab]["iou"] for lab in labels], marker="o", label="IoU")
+    ax.plot(x, [first[lab]["pixel_agreement"] for lab in labels], marker="s", label="pixel agreement")
     ax.set_ylabel("agreement with reference")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
 
     ax = axes[2]
-    num_points = max((len(first[l]["tokens_kept"]) for l in labels), default=0)
+    num_points = max((len(first[lab]["tokens_kept"]) for lab in labels), default=0)
     width = 0.8 / max(num_points, 1)
     for p in range(num_points):
-        ax.bar(x + (p - (num_points - 1) / 2) * width, [first[l]["tokens_kept"][p] for l in labels], width,
+        ax.bar(x + (p - (num_points - 1) / 2) * width, [first[lab]["tokens_kept"][p] for lab in labels], width,
                label=f"after pause point {p + 1}")
     ax.set_ylabel("tokens kept (mean)")
     ax.grid(alpha=0.3, axis="y")
@@ -73,16 +73,16 @@ def plot_profile(report: dict[str, Any], path: str | os.PathLike) -> Path:
 
     if staged:
         ax = axes[3]
-        stages = stage_order([first[l]["stages_ms"] for l in labels])
+        stages = stage_order([first[lab]["stages_ms"] for lab in labels])
         bottom = np.zeros(len(labels))
         cmap = plt.get_cmap("tab20")
         for k, stage in enumerate(stages):
-            values = np.array([first[l]["stages_ms"].get(stage, 0.0) for l in labels])
+            values = np.array([first[lab]["stages_ms"].get(stage, 0.0) for lab in labels])
             ax.bar(x, values, 0.6, bottom=bottom, label=stage, color=cmap(k % 20))
             bottom += values
         ax.set_ylabel(f"profiled ms per call, batch {batches[0]}")
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=6, ncol=3)
-    axes[-1].set_xticks(x, [_tick(first[l]) for l in labels], fontsize=7)
+    axes[-1].set_xticks(x, [_tick(first[lab]) for lab in labels], fontsize=7)
     fig.tight_layout()
     return save_figure(fig, path)

@@ -176,16 +176,7 @@ def profile(
         InputError: bad arguments or images. ArtifactError: unusable model files.
     """
     t_start = time.perf_counter()
-    if iters is None and duration is None:
-        raise InputError("give --iters or --duration")
-    if (iters is not None and iters < 1) or (duration is not None and duration <= 0) or warmup < 0:
-        raise InputError("--iters must be >= 1, --duration > 0 and --warmup >= 0")
-    batches = sorted({int(b) for b in batches})
-    if not batches or batches[0] < 1:
-        raise InputError(f"batch sizes must be >= 1, got {list(batches)}")
-    paths = [Path(p) for p in images]
-    if not paths:
-        raise InputError("no images to profile on")
+    batches, paths = _check_arguments(images, batches, iters, duration, warmup)
     say = progress or (lambda desc, done, total: None)
     options = {"backend": backend, "inference_precision": inference_precision}
     session = AdaptiveSession(model, providers, intra_op_threads=threads, calibration=calibration, **options)
@@ -198,66 +189,14 @@ def profile(
             raise InputError(f"--static {static} has pause points; give the static export (avit export --static)")
         if ref_session.info.input_size != info.input_size:
             raise InputError(f"--static {static} takes {list(ref_session.info.input_size)} images, the model {list(info.input_size)}")
-    cfg = AdaptiveViTConfig.from_dict(info.config)
-    static_cfg = AdaptiveViTConfig.from_dict(ref_session.info.config) if ref_session else None
-    nothing = [info.nothing_paused] * info.num_pause_points
-    named = list(settings or []) + [(f"preset {name}", list(session.preset(name).thresholds)) for name in presets]
-    chosen = [(label, [float(str(v)) for v in session.thresholds(t)]) for label, t in (named or default_settings(session))]
-
-    # (label, session, thresholds, is_reference)
-    entries: list[tuple[str, AdaptiveSession, list[float] | None, bool]] = []
-    if ref_session is not None:
-        reference_desc = f"static model {Path(static).name}"
-        entries.append((f"static ({Path(static).name})", ref_session, None, True))
-        entries.append(("nothing paused", session, nothing, False))
-    else:
-        reference_desc = "the adaptive model at its nothing-paused thresholds (no --static model given)"
-        entries.append(("nothing paused", session, nothing, True))
-    entries += [(label, session, t, False) for label, t in chosen if t != nothing]
+    entries, reference_desc = _entries(session, ref_session, static, settings, presets)
 
     x = session.load_images(paths)
     rows: list[ProfileRow] = []
     rounds_done: dict[int, int] = {}
     for b in batches:
-        chunks, n = _chunks(x, b)
-        outputs = []
-        for label, sess, t, _ in entries:
-            results = [sess.run(c, t) for c in chunks]
-            outputs.append((np.concatenate([r.logits for r in results])[:n], [r.tokens_kept for r in results]))
-        ref_logits = outputs[0][0]
-        samples, round_totals, done = _timed_rounds(entries, chunks, b, warmup, iters, duration, say)
-        rounds_done[b] = done
-        ref_rounds = np.asarray(round_totals[0])
-        for i, (label, sess, t, is_ref) in enumerate(entries):
-            logits, kept_chunks = outputs[i]
-            agree = agreement(logits, ref_logits)
-            stats = latency_stats(samples[i])
-            if t is None:  # static model
-                macs = float(model_macs(static_cfg)["total"])
-                executed = ideal = macs
-                kept_mean = [float(info.num_patches)] * info.num_pause_points
-            else:
-                per_call = [k for k in kept_chunks]
-                executed = float(np.mean([model_macs(cfg, k.max(axis=0).tolist())["total"] for k in per_call]))
-                kept_all = np.concatenate(per_call)[:n]
-                ideal = float(np.mean([model_macs(cfg, k.tolist())["total"] for k in kept_all]))
-                kept_mean = kept_all.mean(axis=0).tolist()
-            rows.append(
-                ProfileRow(
-                    batch=b,
-                    label=label,
-                    thresholds=t,
-                    reference=is_ref,
-                    latency_ms=stats,
-                    throughput=b * 1e3 / stats["mean"],
-                    tokens_kept=kept_mean,
-                    gmac_executed=executed / 1e9,
-                    gmac_ideal=ideal / 1e9,
-                    speedup=float(np.median(ref_rounds / np.asarray(round_totals[i]))),
-                    pixel_agreement=agree["pixel_agreement"],
-                    iou=agree["iou"],
-                )
-            )
+        batch_rows, rounds_done[b] = _profile_batch(entries, x, b, warmup, iters, duration, say, session, ref_session)
+        rows += batch_rows
 
     note = _add_stages(rows, session, ref_session, x, stage_repeats, providers, threads, say) if stages else ""
     say("done", 1.0, 1.0)
@@ -274,6 +213,88 @@ def profile(
         seconds=time.perf_counter() - t_start,
         stages_note=note,
     )
+
+
+def _check_arguments(images, batches, iters, duration, warmup) -> tuple[list[int], list[Path]]:
+    """Sorted distinct batch sizes and the image paths. Raises :class:`InputError` (one line) on bad values."""
+    if iters is None and duration is None:
+        raise InputError("give --rounds or --duration-s")
+    if (iters is not None and iters < 1) or (duration is not None and duration <= 0) or warmup < 0:
+        raise InputError("--rounds must be >= 1, --duration-s > 0 and --warmup >= 0")
+    batches = sorted({int(b) for b in batches})
+    if not batches or batches[0] < 1:
+        raise InputError(f"batch sizes must be >= 1, got {list(batches)}")
+    paths = [Path(p) for p in images]
+    if not paths:
+        raise InputError("no images to profile on")
+    return batches, paths
+
+
+def _entries(session, ref_session, static, settings, presets):
+    """What is timed, reference first: ``([(label, session, thresholds or None, is_reference)], reference
+    description)``. The static model (if any) is the reference; else the adaptive model with nothing paused."""
+    info = session.info
+    nothing = [info.nothing_paused] * info.num_pause_points
+    named = list(settings or []) + [(f"preset {name}", list(session.preset(name).thresholds)) for name in presets]
+    chosen = [(label, [float(str(v)) for v in session.thresholds(t)]) for label, t in (named or default_settings(session))]
+    entries: list[tuple[str, AdaptiveSession, list[float] | None, bool]] = []
+    if ref_session is not None:
+        reference_desc = f"static model {Path(static).name}"
+        entries.append((f"static ({Path(static).name})", ref_session, None, True))
+        entries.append(("nothing paused", session, nothing, False))
+    else:
+        reference_desc = "the adaptive model at its nothing-paused thresholds (no --static model given)"
+        entries.append(("nothing paused", session, nothing, True))
+    entries += [(label, session, t, False) for label, t in chosen if t != nothing]
+    return entries, reference_desc
+
+
+def _profile_batch(entries, x, b, warmup, iters, duration, say, session, ref_session) -> tuple[list[ProfileRow], int]:
+    """Every entry at batch size ``b``: outputs (agreement, tokens, MACs) once, then the interleaved timed
+    rounds. Returns ``(rows, rounds timed)``."""
+    info = session.info
+    cfg = AdaptiveViTConfig.from_dict(info.config)
+    static_cfg = AdaptiveViTConfig.from_dict(ref_session.info.config) if ref_session else None
+    chunks, n = _chunks(x, b)
+    outputs = []
+    for _, sess, t, _ in entries:
+        results = [sess.run(c, t) for c in chunks]
+        outputs.append((np.concatenate([r.logits for r in results])[:n], [r.tokens_kept for r in results]))
+    ref_logits = outputs[0][0]
+    samples, round_totals, done = _timed_rounds(entries, chunks, b, warmup, iters, duration, say)
+    ref_rounds = np.asarray(round_totals[0])
+    rows = []
+    for i, (label, _, t, is_ref) in enumerate(entries):
+        logits, kept_chunks = outputs[i]
+        agree = agreement(logits, ref_logits)
+        stats = latency_stats(samples[i])
+        if t is None:  # static model
+            macs = float(model_macs(static_cfg)["total"])
+            executed = ideal = macs
+            kept_mean = [float(info.num_patches)] * info.num_pause_points
+        else:
+            per_call = [k for k in kept_chunks]
+            executed = float(np.mean([model_macs(cfg, k.max(axis=0).tolist())["total"] for k in per_call]))
+            kept_all = np.concatenate(per_call)[:n]
+            ideal = float(np.mean([model_macs(cfg, k.tolist())["total"] for k in kept_all]))
+            kept_mean = kept_all.mean(axis=0).tolist()
+        rows.append(
+            ProfileRow(
+                batch=b,
+                label=label,
+                thresholds=t,
+                reference=is_ref,
+                latency_ms=stats,
+                throughput=b * 1e3 / stats["mean"],
+                tokens_kept=kept_mean,
+                gmac_executed=executed / 1e9,
+                gmac_ideal=ideal / 1e9,
+                speedup=float(np.median(ref_rounds / np.asarray(round_totals[i]))),
+                pixel_agreement=agree["pixel_agreement"],
+                iou=agree["iou"],
+            )
+        )
+    return rows, done
 
 
 def _timed_rounds(entries, chunks, batch, warmup, iters, duration, say):
@@ -329,6 +350,6 @@ def _add_stages(rows, session, ref_session, x, stage_repeats, providers, threads
         for row, stage_ms in zip(group, times):
             row.stages_ms = stage_ms
     return (
-        "per-stage kernel time from ONNX Runtime's profiler (a separate profiled session, "
-        f"{stage_repeats} calls per setting on the first batch of images; profiler overhead included)"
+        f"stages: ONNX Runtime profiler kernel times, a separate session, {stage_repeats} calls per setting "
+        "on the first batch (profiler overhead included)"
     )
