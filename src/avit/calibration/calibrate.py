@@ -238,7 +238,8 @@ def calibrate(
     floors = floors or PRESET_FLOORS
 
     # 1. search; 2. re-measure (interleaved) the finalists and pick the presets
-    result, search_seconds = _search(evaluator, space, target_ms, q, max_evals, floors, say)
+    result, search_seconds = _search(evaluator, space, target_ms, q, max_evals, floors, say,
+                                     anchors=[space.knobs(evaluator.session.thresholds(None).tolist())], ladder=ladder)
     final = _finalists(result, evaluator, info, target_ms, q, floors, final_rounds, say)
 
     # 3. held-out check
@@ -297,14 +298,15 @@ def _check_arguments(target_ms, percentile, batch, max_evals, final_rounds, repe
         raise InputError("batch >= 1, max_evals >= 3, final_rounds >= 1, repeats >= 0 and tolerance >= 0 are required")
 
 
-def _search(evaluator, space, target_ms, q, max_evals, floors, say):
-    """Step 1: the threshold search (quality first, timing where it can matter). Returns ``(result, seconds)``."""
+def _search(evaluator, space, target_ms, q, max_evals, floors, say, *, anchors=(), ladder=()):
+    """Step 1: the threshold search (quality first, timing where it can matter), plus the timed ``anchors``
+    (the model's defaults) and ``ladder`` (token fractions) of the SLO front. Returns ``(result, seconds)``."""
     total_calls = max_evals * evaluator.calls_per_setting()
     evaluator.on_call = lambda: say("search", evaluator.calls, total_calls)
     search = ThresholdSearch(
         evaluator, space, target_ms, percentile=q, max_evals=max_evals, floors=tuple(floors.values()),
         quick=lambda t: evaluator(t, timed=False),
-        anchors=[space.knobs(session.thresholds(None).tolist())], ladder=ladder,
+        anchors=anchors, ladder=ladder,
     )
     t0 = time.perf_counter()
     result = search.run()
