@@ -188,7 +188,8 @@ def test_cli(onnx_path, tmp_path):
     assert avit("triton-repo", onnx_path, "-o", out, "--overwrite").returncode == 0
     assert_one_line_error(avit("triton-repo", onnx_path, "-o", tmp_path / "x", "--fixed", "0.6,0.6"), "must look like NAME=0.2,0.4")
     assert_one_line_error(avit("triton-repo", tmp_path / "missing.onnx", "-o", tmp_path / "x"), "model not found")
-    assert_one_line_error(avit("triton-repo", onnx_path, "-o", tmp_path / "x", "--device", "tpu"), "device must be one of auto, cpu, gpu")
+    assert_one_line_error(avit("triton-repo", onnx_path, "-o", tmp_path / "x", "--device", "tpu"), "(--instance-kind) must be one of auto, cpu, gpu")
+    assert_one_line_error(avit("triton-repo", onnx_path, "-o", tmp_path / "x", "--instance-kind", "tpu"), "(--instance-kind) must be one of auto, cpu, gpu")
 
 # ---------------------------------------------------------------------------------------------- python backend configs
 def test_python_backend_config_batches_requests_with_their_own_thresholds(onnx_path, tmp_path):

@@ -32,6 +32,9 @@ RENAMED_OPTIONS: dict[str, dict[str, str]] = {
     "calibrate": {"--repeats": "--search-rounds"},
     "profile": {"--iters": "--rounds", "--calib": "--calibration", "--batch": "--batch-sizes", "--duration": "--duration-s"},
     "validate": {"--batch": "--batch-sizes"},
+    "serve": {"--timeout-s": "--request-timeout-s"},
+    "triton-repo": {"--device": "--instance-kind"},
+    "triton-serve": {"--timeout-s": "--load-timeout-s"},
 }
 
 

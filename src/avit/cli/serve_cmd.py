@@ -34,7 +34,7 @@ def serve_command(
     precision: Annotated[Optional[str], _precision.old_precision_option()] = None,
     calibration: Annotated[Optional[Path], typer.Option(help="Calibration file with presets (default: <model>.calib.json if present).")] = None,
     max_queue: Annotated[int, typer.Option(min=0, help="Requests that may wait beyond the running ones; more are answered 503 at once (Retry-After).")] = 64,
-    timeout_s: Annotated[float, typer.Option(min=0.001, help="Longest time from admission to the answer, s; then 504 and the request is dropped.")] = 60.0,
+    timeout_s: Annotated[float, typer.Option("--request-timeout-s", min=0.001, help="Longest time from admission to the answer, s; then 504 and the request is dropped.")] = 60.0,
     max_upload_mb: Annotated[float, typer.Option(min=0.001, help="Largest upload, MB; larger: 413 before the body is read (Content-Length) or while it streams.")] = 20.0,
     log_level: Annotated[str, typer.Option(help="uvicorn log level: critical|error|warning|info|debug.")] = "info",
     slo_ms: Annotated[Optional[str], typer.Option(metavar="MS", help="Latency objective, ms from admission to answer: under load, requests without a knob get faster settings (more tokens paused) instead of 503s. Needs a calibration (avit calibrate).")] = None,
@@ -94,7 +94,7 @@ def triton_repo_command(
     name: Annotated[Optional[str], typer.Option(help="Model name in Triton (default: the file's stem).")] = None,
     max_batch: Annotated[int, typer.Option(min=1, help="max_batch_size of the dynamically batched models (python backend, fixed-threshold models).")] = 8,
     instances: Annotated[int, typer.Option(min=1, help="Model instances (instance_group count).")] = 1,
-    device: Annotated[str, typer.Option(help="Instance kind: auto | cpu | gpu (engines: gpu; python backend: auto = cpu).")] = "auto",
+    device: Annotated[str, typer.Option("--instance-kind", help="Triton instance kind: auto | cpu | gpu (engines: gpu; python backend: auto = cpu).")] = "auto",
     preset: Annotated[Optional[list[str]], typer.Option(help="Also add a dynamically batched model with this calibration preset's thresholds fixed (repeatable; not for engines).")] = None,
     fixed: Annotated[Optional[list[str]], typer.Option(help="Also add a dynamically batched model with fixed thresholds, NAME=0.2,0.4 (repeatable; not for engines).")] = None,
     max_queue_delay_us: Annotated[int, typer.Option(min=0, help="Dynamic batcher's max_queue_delay_microseconds.")] = 500,
@@ -167,7 +167,7 @@ def triton_serve_command(
     http_port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP/REST port (KServe v2 protocol).")] = 8000,
     grpc_port: Annotated[int, typer.Option(min=1, max=65535, help="gRPC port.")] = 8001,
     log: Annotated[Optional[Path], typer.Option(help="Write the server's log here (default: a temporary file).")] = None,
-    timeout_s: Annotated[float, typer.Option(min=1.0, help="Longest wait for every model to load, s.")] = 300.0,
+    timeout_s: Annotated[float, typer.Option("--load-timeout-s", min=1.0, help="Longest wait for every model to load, s.")] = 300.0,
 ) -> None:
     """Run a python-backend model repository with the tritonserver bundled in PyPI nvidia-pytriton (until Ctrl-C)."""
     from avit.serving.triton import serve_repository

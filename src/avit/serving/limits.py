@@ -252,7 +252,7 @@ class RequestLimits:
             if self.on_timeout is not None:
                 self.on_timeout()
             if not state["started"]:
-                await _answer(send, 504, f"no answer within {self.timeout_s:g} s (--timeout-s): the server is busy, the request was dropped")
+                await _answer(send, 504, f"no answer within {self.timeout_s:g} s (--request-timeout-s): the server is busy, the request was dropped")
             return
         if state["too_large"] and not state["started"]:
             await _answer(send, 413, f"upload is larger than the limit of {limit} bytes (--max-upload-mb)")

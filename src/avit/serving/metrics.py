@@ -9,7 +9,7 @@ Names follow the Prometheus naming guide (``avit_<what>_<unit>``, counters end i
                                                   or the thresholds ``0.4,0.6``)
 ``avit_shed_total{reason}``            counter    refused at admission: ``queue_full`` (``--max-queue``) or
                                                   ``slo`` (even the fastest setting would miss the SLO)
-``avit_timeouts_total``                counter    answered 504 (``--timeout-s``)
+``avit_timeouts_total``                counter    answered 504 (``--request-timeout-s``)
 ``avit_slo_misses_total``              counter    answered later than the SLO (``--slo-ms``)
 ``avit_tokens_kept_ratio{pause_point}`` histogram fraction of the patch tokens still active after each pause point
 =====================================  =========  ==========================================================
@@ -54,7 +54,7 @@ class ServiceMetrics:
         self.queue.set_function(lambda: float(queue_length()))
         self.answers = Counter("avit_answers", "Answers per threshold setting.", ["setting"], registry=self.registry)
         self.shed = Counter("avit_shed", "Requests refused at admission (503).", ["reason"], registry=self.registry)
-        self.timeouts = Counter("avit_timeouts", "Requests answered 504 after --timeout-s.", registry=self.registry)
+        self.timeouts = Counter("avit_timeouts", "Requests answered 504 after --request-timeout-s.", registry=self.registry)
         self.slo_misses = Counter("avit_slo_misses", "Answers later than the SLO.", registry=self.registry)
         self.tokens = Histogram("avit_tokens_kept_ratio", "Fraction of patch tokens active after each pause point.",
                                 ["pause_point"], buckets=RATIO_BUCKETS, registry=self.registry)

@@ -297,7 +297,7 @@ def write_triton_repository(
     if not (queue_timeout_s >= 0) or math.isinf(queue_timeout_s):
         raise InputError(f"queue_timeout_s must be a number >= 0, got {queue_timeout_s}")
     if device not in KINDS:
-        raise InputError(f"device must be one of {', '.join(KINDS)}, got {device!r}")
+        raise InputError(f"device (--instance-kind) must be one of {', '.join(KINDS)}, got {device!r}")
     if backend is not None and backend not in BACKENDS:
         raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if not model.is_file():
@@ -315,7 +315,7 @@ def write_triton_repository(
     info = artifact.info
     if engine:
         if device == "cpu":
-            raise InputError("TensorRT engines run on a GPU: use --device gpu (or auto)")
+            raise InputError("TensorRT engines run on a GPU: use --instance-kind gpu (or auto)")
         max_batch = artifact.sidecar.max_batch
     p = info.num_pause_points
     if runtime is not None and backend != "python":
