@@ -366,7 +366,8 @@ def test_triton_repo_slo_serves_on_the_live_server_with_the_controllers_settings
     bare = shutil.copy(model, tmp_path / "bare.onnx")
     assert_one_line_error(avit("triton-repo", bare, "-o", tmp_path / "r1", "--backend", "python", "--slo-ms", "500"),
                           "needs bare.calib.json beside the model")
-    assert_one_line_error(avit("triton-repo", model, "-o", tmp_path / "r2", "--slo-ms", "500"), "--slo-ms needs --backend python")
+    assert_one_line_error(avit("triton-repo", model, "-o", tmp_path / "r2", "--backend", "onnxruntime", "--slo-ms", "500"),
+                          "--slo-ms needs --backend python")
     assert_one_line_error(avit("triton-repo", model, "-o", tmp_path / "r3", "--backend", "python", "--slo-ms", "0"),
                           "--slo-ms must be a positive number")
     assert_one_line_error(avit("triton-repo", model, "-o", tmp_path / "r4", "--backend", "python", "--slo-ms", "1e-9"),

@@ -61,7 +61,7 @@ def onnx_path(tmp_path_factory):
 def repo(onnx_path, tmp_path_factory):
     out = tmp_path_factory.mktemp("triton") / "repo"
     return write_triton_repository(
-        onnx_path, out, name="avit", max_batch=4, instances=2, device="cpu", fixed={"fast": [0.6, 0.6]},
+        onnx_path, out, name="avit", backend="onnxruntime", max_batch=4, instances=2, device="cpu", fixed={"fast": [0.6, 0.6]},
         max_queue_delay_us=800, intra_op_threads=1,
     )
 
@@ -180,9 +180,13 @@ def test_api_errors(onnx_path, tmp_path):
 
 def test_cli(onnx_path, tmp_path):
     out = tmp_path / "repo"
-    proc = avit("triton-repo", onnx_path, "-o", out, "--fixed", "fast=0.6,0.6", "--max-batch", "8")
+    proc = avit("triton-repo", onnx_path, "-o", out, "--fixed", "fast=0.6,0.6", "--max-batch", "8", "--backend", "onnxruntime")
     assert proc.returncode == 0, proc.stderr
     assert "tiny_fast" in proc.stdout and f"tritonserver --model-repository={out.resolve()}" in proc.stdout
+    # the default for an .onnx is the python backend, which the server of `avit triton-serve` runs
+    python = avit("triton-repo", onnx_path, "-o", tmp_path / "py")
+    assert python.returncode == 0 and f"avit triton-serve {tmp_path / 'py'}" in python.stdout, python.stdout
+    assert parse(tmp_path / "py" / "tiny" / "config.pbtxt").backend == "python"
     assert parse(out / "tiny_fast" / "config.pbtxt").max_batch_size == 8
     assert_one_line_error(avit("triton-repo", onnx_path, "-o", out), "already holds tiny (use --overwrite to replace)")
     assert avit("triton-repo", onnx_path, "-o", out, "--overwrite").returncode == 0
@@ -223,7 +227,7 @@ def test_python_backend_api_errors(onnx_path, tmp_path):
     with pytest.raises(InputError, match="served by backend onnxruntime or python, not tensorrt"):
         write_triton_repository(onnx_path, tmp_path / "r", backend="tensorrt")
     with pytest.raises(InputError, match="applies to the python backend only"):
-        write_triton_repository(onnx_path, tmp_path / "r", runtime="openvino")
+        write_triton_repository(onnx_path, tmp_path / "r", backend="onnxruntime", runtime="openvino")
     with pytest.raises(InputError, match="runtime must be one of onnxruntime, openvino"):
         write_triton_repository(onnx_path, tmp_path / "r", backend="python", runtime="tvm")
     with pytest.raises(InputError, match="backend must be one of python, onnxruntime, tensorrt"):
@@ -457,7 +461,7 @@ def test_triton_serve_cli(live_repo, session, photos, tmp_path):
 def test_triton_serve_errors(onnx_path, live_repo, tmp_path):
     needs_tritonserver()
     assert_one_line_error(avit("triton-serve", tmp_path / "missing"), "model repository not found")
-    write_triton_repository(onnx_path, tmp_path / "ort")
+    write_triton_repository(onnx_path, tmp_path / "ort", backend="onnxruntime")
     assert_one_line_error(avit("triton-serve", tmp_path / "ort"), "has only the python backend; tiny (onnxruntime)")
     broken = tmp_path / "broken"
     shutil.copytree(live_repo.root / "avit", broken / "avit")

@@ -89,7 +89,7 @@ def parse_ms(text: Optional[str], option: str) -> Optional[float]:
 def triton_repo_command(
     model: Annotated[Path, typer.Argument(help="Model: .onnx, a TensorRT .engine (with its .engine.json sidecar) or an OpenVINO .openvino.xml (with its .bin).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Model repository folder to write.")],
-    backend: Annotated[Optional[str], typer.Option(help="Triton backend: python (avit's runtime in Triton; dynamic batching of requests whose thresholds differ) | onnxruntime | tensorrt (default: onnxruntime for .onnx, tensorrt for engines, python for OpenVINO).")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="Triton backend: python (avit's runtime in Triton; dynamic batching of requests whose thresholds differ) | onnxruntime | tensorrt (default: python for .onnx and OpenVINO — it runs on avit triton-serve —, tensorrt for engines).")] = None,
     runtime: Annotated[Optional[str], typer.Option(help="--backend python: the avit runtime model.py uses, onnxruntime | openvino (default: openvino for .xml, else onnxruntime).")] = None,
     name: Annotated[Optional[str], typer.Option(help="Model name in Triton (default: the file's stem).")] = None,
     max_batch: Annotated[int, typer.Option(min=1, help="max_batch_size of the dynamically batched models (python backend, fixed-threshold models).")] = 8,

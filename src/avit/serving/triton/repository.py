@@ -261,8 +261,8 @@ def write_triton_repository(
         output: Repository folder (created; must not hold these models yet unless ``overwrite``).
         name: Model name (default: the file's stem).
         backend: ``"python"`` (avit's runtime inside Triton's python backend: dynamic batching with
-            per-image thresholds), ``"onnxruntime"`` or ``"tensorrt"``. None: ``onnxruntime`` for
-            ``.onnx``, ``tensorrt`` for engines, ``python`` for OpenVINO ``.xml``.
+            per-image thresholds), ``"onnxruntime"`` or ``"tensorrt"``. None: ``python`` for ``.onnx`` (it
+            runs on the server ``avit triton-serve`` starts) and OpenVINO ``.xml``, ``tensorrt`` for engines.
         runtime: python backend: the :class:`~avit.runtime.AdaptiveSession` backend ``model.py`` uses,
             ``"onnxruntime"`` or ``"openvino"`` (None: ``openvino`` for ``.xml``, else ``onnxruntime``).
         max_batch: ``max_batch_size`` of batching models; for per-request models the largest client
@@ -303,7 +303,9 @@ def write_triton_repository(
     if not model.is_file():
         raise ArtifactError(f"model not found: {model}")
     artifact = _read_artifact(model)
-    default = {"onnx": "onnxruntime", "engine": "tensorrt", "openvino": "python"}[artifact.kind]
+    # python for ONNX: it runs on the tritonserver that `avit triton-serve` starts (nvidia-pytriton bundles only
+    # the python backend), batches requests with different thresholds and can serve under an SLO
+    default = {"onnx": "python", "engine": "tensorrt", "openvino": "python"}[artifact.kind]
     backend = backend or default
     allowed = {"onnx": ("onnxruntime", "python"), "engine": ("tensorrt",), "openvino": ("python",)}[artifact.kind]
     if backend not in allowed:
