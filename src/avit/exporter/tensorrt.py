@@ -268,6 +268,35 @@ def _builder_config(trt, builder, profile, workspace_mb, tf32, cache_path: Path 
     return config
 
 
+def _sidecar(trt, proto, info, onnx_path: Path, profile, library, loader, command, cache_path, *, tf32,
+             workspace_mb, plugin_override, plugin_layers) -> EngineSidecar:
+    """The engine's sidecar (its SHA-256 is filled in when the engine is written)."""
+    return EngineSidecar(
+        engine_sha256="",
+        tensorrt_version=str(trt.__version__),
+        precision=info.precision,
+        profile=profile,
+        plugin_library=str(Path(library).resolve()) if library is not None else None,
+        plugin_sha256=file_sha256(library) if library is not None else None,
+        plugin_loader=loader,
+        onnx_path=str(onnx_path.resolve()),
+        onnx_sha256=file_sha256(onnx_path),
+        metadata={p.key: p.value for p in proto.metadata_props if p.key.startswith("avit.")},
+        pause_points=list(info.pause_points),
+        default_thresholds=list(info.default_thresholds),
+        builder={
+            "strongly_typed": True,
+            "tf32": tf32,
+            "workspace_mb": workspace_mb,
+            "timing_cache": str(cache_path) if cache_path is not None else None,
+            "plugin_override_flag": plugin_override and library is not None,
+            "use_plugins": library is not None,
+            "plugin_layers": plugin_layers,
+        },
+        trtexec=command,
+    )
+
+
 def build_engine(
     onnx_path: str | os.PathLike,
     engine_path: str | os.PathLike | None = None,
@@ -343,30 +372,8 @@ def build_engine(
         onnx_path, engine_path, profile, plugin_library=library, timing_cache=cache_path,
         workspace_mb=workspace_mb, tf32=tf32, plugin_override=plugin_override and library is not None,
     )
-    sidecar = EngineSidecar(
-        engine_sha256="",
-        tensorrt_version=str(trt.__version__),
-        precision=info.precision,
-        profile=profile,
-        plugin_library=str(Path(library).resolve()) if library is not None else None,
-        plugin_sha256=file_sha256(library) if library is not None else None,
-        plugin_loader=loader,
-        onnx_path=str(onnx_path.resolve()),
-        onnx_sha256=file_sha256(onnx_path),
-        metadata={p.key: p.value for p in proto.metadata_props if p.key.startswith("avit.")},
-        pause_points=list(info.pause_points),
-        default_thresholds=list(info.default_thresholds),
-        builder={
-            "strongly_typed": True,
-            "tf32": tf32,
-            "workspace_mb": workspace_mb,
-            "timing_cache": str(cache_path) if cache_path is not None else None,
-            "plugin_override_flag": plugin_override and library is not None,
-            "use_plugins": library is not None,
-            "plugin_layers": plugin_layers,
-        },
-        trtexec=command,
-    )
+    sidecar = _sidecar(trt, proto, info, onnx_path, profile, library, loader, command, cache_path, tf32=tf32,
+                       workspace_mb=workspace_mb, plugin_override=plugin_override, plugin_layers=plugin_layers)
 
     def write(tmp: str) -> None:
         Path(tmp).write_bytes(blob)
