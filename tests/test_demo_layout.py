@@ -87,7 +87,7 @@ def test_avit_demo_end_to_end_on_a_tiny_checkpoint(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "avit.cli", "demo", "--workdir", str(work), "--rounds", "1",
                            "--images", "2"], capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "note: --images is now --max-images" in proc.stderr and "Traceback" not in proc.stderr
+    assert "Traceback" not in proc.stderr and "2 held-out photos" in proc.stdout  # --images: the old spelling of --max-images
     lines = proc.stdout.rstrip().splitlines()
     assert (work / "adaptive.onnx").is_file() and (work / "static.onnx").is_file()
     assert len(list((work / "overlays").glob("*.overlay.png"))) == 2

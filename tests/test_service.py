@@ -90,7 +90,7 @@ def test_batcher_threads_with_different_thresholds_match_serial_calls(session, p
             batched = list(pool.map(lambda job: batcher.run(job[0], job[1], timeout=30), jobs))
         stats = batcher.stats
     assert stats.requests == 32 and stats.images == 32
-    for (x, t), a, b in zip(jobs, serial, batched):
+    for (_x, t), a, b in zip(jobs, serial, batched):
         np.testing.assert_array_equal(a.tokens_kept, b.tokens_kept)
         np.testing.assert_allclose(a.logits, b.logits, atol=1e-5, rtol=1e-5)
         assert b.thresholds.tolist() == pytest.approx(t)

@@ -43,7 +43,6 @@ def calibrate_command(
     threads: Annotated[Optional[int], typer.Option(min=1, help="ONNX Runtime intra-op / OpenVINO inference threads (default: one per core).")] = None,
     backend: Annotated[Optional[str], typer.Option(help="onnxruntime | openvino | tensorrt (default: by the file: .onnx ONNX Runtime, .xml OpenVINO IR, .engine TensorRT); openvino also runs an .onnx.")] = None,
     inference_precision: Annotated[Optional[str], _precision.inference_precision_option()] = None,
-    precision: Annotated[Optional[str], _precision.old_precision_option()] = None,
 ) -> None:
     """Search the per-pause-point thresholds for the best quality that meets a latency target; write presets."""
     from avit.calibration.calibrate import calibrate
@@ -73,7 +72,7 @@ def calibrate_command(
         report = calibrate(
             model, target_latency_ms, calib_paths, heldout=held_paths, batch=batch, percentile=percentile,
             output=out_path, plot=plot_path, max_evals=max_evals, repeats=repeats, final_rounds=final_rounds,
-            metric=metric, masks=masks, tolerance=tolerance, threads=threads, backend=backend, inference_precision=_precision.resolve(inference_precision, precision), progress=progress,
+            metric=metric, masks=masks, tolerance=tolerance, threads=threads, backend=backend, inference_precision=inference_precision, progress=progress,
         )
 
     _print_search(report, key)

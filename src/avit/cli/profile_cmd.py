@@ -120,7 +120,6 @@ def profile_command(
     threads: Annotated[Optional[int], typer.Option(min=1, help="ONNX Runtime intra-op / OpenVINO inference threads (default: one per core).")] = None,
     backend: Annotated[Optional[str], typer.Option(help="onnxruntime | openvino | tensorrt (default: by the file: .onnx ONNX Runtime, .xml OpenVINO IR, .engine TensorRT); openvino also runs an .onnx.")] = None,
     inference_precision: Annotated[Optional[str], _precision.inference_precision_option()] = None,
-    precision: Annotated[Optional[str], _precision.old_precision_option()] = None,
 ) -> None:
     """Measure latency (mean, p50-p99), throughput, tokens kept and MACs per threshold setting and batch size."""
     from avit.data.files import image_files
@@ -143,7 +142,7 @@ def profile_command(
             model, paths, static=static, batches=batches, settings=settings or None, presets=preset or (),
             iters=iters, duration=duration,
             warmup=warmup, stages=stages, calibration=calib if calib else None, threads=threads,
-            backend=backend, inference_precision=_precision.resolve(inference_precision, precision),
+            backend=backend, inference_precision=inference_precision,
             progress=lambda desc, done, total: bar.update(task, description=desc, completed=done, total=total),
         )
     data = report.to_dict()

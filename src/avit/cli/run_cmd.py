@@ -27,7 +27,6 @@ def run(
     threads: Annotated[Optional[int], typer.Option(min=1, help="ONNX Runtime intra-op / OpenVINO inference threads (default: one per core).")] = None,
     backend: Annotated[Optional[str], typer.Option(help="onnxruntime | openvino | tensorrt (default: by the file: .onnx ONNX Runtime, .xml OpenVINO IR, .engine TensorRT); openvino also runs an .onnx.")] = None,
     inference_precision: Annotated[Optional[str], _precision.inference_precision_option()] = None,
-    precision: Annotated[Optional[str], _precision.old_precision_option()] = None,
     batch_layout: Annotated[str, typer.Option(help="auto | padded | per_image: how a batch with different token counts runs (see AdaptiveSession).")] = "auto",
 ) -> None:
     """Run an exported model on images; print tokens kept per pause point and latency."""
@@ -38,7 +37,7 @@ def run(
         raise InputError("give --thresholds or --preset, not both")
     session = AdaptiveSession(model, calibration=calib if calib else (None if preset else False),
                               intra_op_threads=threads, batch_layout=batch_layout, backend=backend,
-                              inference_precision=_precision.resolve(inference_precision, precision))
+                              inference_precision=inference_precision)
     if preset and session.preset(preset).warning:
         err_console.print(f"[bold yellow]warning:[/] preset {escape(preset)}: {escape(session.preset(preset).warning)}")
     values = session.thresholds(session.preset(preset).thresholds if preset else parse_thresholds(thresholds))
