@@ -289,27 +289,12 @@ def write_triton_repository(
         InputError: bad names or numbers, a backend the file cannot use, fixed thresholds for an engine
             or a static model, existing folders without ``overwrite``.
     """
-    from avit.runtime import tensorrt as trt_support
-
     model = Path(model)
-    if max_batch < 1 or instances < 1 or max_queue_delay_us < 0 or max_queue_size < 0:
-        raise InputError("max_batch and instances must be >= 1, max_queue_delay_us and max_queue_size >= 0")
-    if not (queue_timeout_s >= 0) or math.isinf(queue_timeout_s):
-        raise InputError(f"queue_timeout_s must be a number >= 0, got {queue_timeout_s}")
-    if device not in KINDS:
-        raise InputError(f"device (--instance-kind) must be one of {', '.join(KINDS)}, got {device!r}")
-    if backend is not None and backend not in BACKENDS:
-        raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    _check_options(max_batch, instances, max_queue_delay_us, max_queue_size, queue_timeout_s, device, backend)
     if not model.is_file():
         raise ArtifactError(f"model not found: {model}")
     artifact = _read_artifact(model)
-    # python for ONNX: it runs on the tritonserver that `avit triton-serve` starts (nvidia-pytriton bundles only
-    # the python backend), batches requests with different thresholds and can serve under an SLO
-    default = {"onnx": "python", "engine": "tensorrt", "openvino": "python"}[artifact.kind]
-    backend = backend or default
-    allowed = {"onnx": ("onnxruntime", "python"), "engine": ("tensorrt",), "openvino": ("python",)}[artifact.kind]
-    if backend not in allowed:
-        raise InputError(f"a{'n' if artifact.kind[0] in 'aeiou' else ''} {artifact.kind} model is served by backend {' or '.join(allowed)}, not {backend}")
+    backend = _backend_for(artifact, backend)
     if name is None:  # m.onnx → m, m.int8.onnx → m_int8, m.openvino.xml → m
         name = model.name.split(".")[0] if artifact.kind == "openvino" else model.stem.replace(".", "_")
     name = _check_name(name)
@@ -319,13 +304,65 @@ def write_triton_repository(
         if device == "cpu":
             raise InputError("TensorRT engines run on a GPU: use --instance-kind gpu (or auto)")
         max_batch = artifact.sidecar.max_batch
-    p = info.num_pause_points
     if runtime is not None and backend != "python":
         raise InputError(f"runtime {runtime!r} applies to the python backend only (--backend python)")
     calibration = _slo_calibration(model, info, backend, slo_ms) if slo_ms is not None else None
     if calibration is not None:
         queue_timeout_s = slo_ms / 1e3  # Triton's queue policy: a request that waited the whole SLO is rejected
+    settings = _fixed_settings(model, info, presets, fixed, engine)
+    base = _base_spec(artifact, backend, runtime, device, instances, max_queue_delay_us, max_queue_size, queue_timeout_s,
+                      intra_op_threads)
+    specs = _model_specs(model, artifact, name, base, max_batch, settings, slo_ms if calibration is not None else None)
 
+    root = Path(output)
+    names = [spec.name for spec, _ in specs]
+    if len(set(names)) != len(names):
+        raise InputError(f"model names collide: {names}")
+    existing = [n for n in names if (root / n).exists()]
+    if existing and not overwrite:
+        raise InputError(f"{root} already holds {', '.join(existing)} (use --overwrite to replace)")
+    if root.exists() and not root.is_dir():
+        raise InputError(f"{root} exists and is not a folder")
+    library = _plugin_library(artifact, plugin_library) if engine else None
+    for spec, payload in specs:
+        _write_model(root / spec.name, spec, payload, artifact, model, calibration)
+    models = [spec for spec, _ in specs]
+    readme = atomic_write(
+        root / "README.md",
+        lambda tmp: Path(tmp).write_text(
+            repository_readme(root, models, info, engine=engine, sidecar=artifact.sidecar, plugin_library=library)
+        ),
+    )
+    return TritonRepository(root, models, readme, library)
+
+
+def _check_options(max_batch, instances, max_queue_delay_us, max_queue_size, queue_timeout_s, device, backend) -> None:
+    """Raise :class:`InputError` (one line) for out-of-range numbers or unknown names."""
+    if max_batch < 1 or instances < 1 or max_queue_delay_us < 0 or max_queue_size < 0:
+        raise InputError("max_batch and instances must be >= 1, max_queue_delay_us and max_queue_size >= 0")
+    if not (queue_timeout_s >= 0) or math.isinf(queue_timeout_s):
+        raise InputError(f"queue_timeout_s must be a number >= 0, got {queue_timeout_s}")
+    if device not in KINDS:
+        raise InputError(f"device (--instance-kind) must be one of {', '.join(KINDS)}, got {device!r}")
+    if backend is not None and backend not in BACKENDS:
+        raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+
+
+def _backend_for(artifact: _Artifact, backend: str | None) -> str:
+    """The Triton backend of ``artifact`` (the default for its kind when None). Raises InputError if it cannot serve it."""
+    # python for ONNX: it runs on the tritonserver that `avit triton-serve` starts (nvidia-pytriton bundles only
+    # the python backend), batches requests with different thresholds and can serve under an SLO
+    default = {"onnx": "python", "engine": "tensorrt", "openvino": "python"}[artifact.kind]
+    backend = backend or default
+    allowed = {"onnx": ("onnxruntime", "python"), "engine": ("tensorrt",), "openvino": ("python",)}[artifact.kind]
+    if backend not in allowed:
+        raise InputError(f"a{'n' if artifact.kind[0] in 'aeiou' else ''} {artifact.kind} model is served by backend {' or '.join(allowed)}, not {backend}")
+    return backend
+
+
+def _fixed_settings(model: Path, info: ModelInfo, presets, fixed, engine: bool) -> dict[str, tuple[float, ...]]:
+    """Name → thresholds of the fixed-threshold models (calibration presets, then ``fixed``), validated."""
+    p = info.num_pause_points
     settings: dict[str, tuple[float, ...]] = {}
     if presets:
         settings.update(_presets(model, info, presets))
@@ -344,19 +381,24 @@ def write_triton_repository(
             info.policy == "keep_ratio" and any(v > 1 for v in values)
         ):
             raise InputError(f"fixed thresholds {key!r} must be {p} values >= 0 (keep ratios <= 1), got {list(values)}")
+    return settings
 
+
+def _base_spec(artifact: _Artifact, backend: str, runtime, device, instances, max_queue_delay_us, max_queue_size,
+               queue_timeout_s, intra_op_threads) -> dict:
+    """The :class:`TritonModelSpec` fields every model of the repository shares."""
+    info = artifact.info
     c = int(info.config.get("in_chans", 3))
     h, w = (int(v) for v in info.input_size)
-    python = backend == "python"
-    if python:
+    if backend == "python":
         kind = "KIND_GPU" if device == "gpu" else "KIND_CPU"
     else:
-        kind = "KIND_GPU" if engine else KINDS[device]
+        kind = "KIND_GPU" if artifact.kind == "engine" else KINDS[device]
     base = dict(
         backend=backend,
         images=(c, h, w),
         num_classes=int(info.config["num_classes"]),
-        num_pause_points=p,
+        num_pause_points=info.num_pause_points,
         instances=int(instances),
         kind=kind,
         max_queue_delay_us=int(max_queue_delay_us),
@@ -364,12 +406,22 @@ def write_triton_repository(
         queue_timeout_us=int(round(queue_timeout_s * 1e6)),
         intra_op_threads=intra_op_threads,
     )
-    if python:
+    if backend == "python":
         runtime = runtime or ("openvino" if artifact.kind == "openvino" else "onnxruntime")
         if runtime not in RUNTIMES or (artifact.kind == "openvino" and runtime != "openvino"):
             raise InputError(f"runtime must be {'openvino for an OpenVINO IR' if artifact.kind == 'openvino' else 'one of ' + ', '.join(RUNTIMES)}, got {runtime!r}")
         providers = ("CUDAExecutionProvider", "CPUExecutionProvider") if device == "gpu" and runtime == "onnxruntime" else ()
         base.update(model_filename=artifact.files()[0][1], runtime=runtime, providers=providers)
+    return base
+
+
+def _model_specs(model: Path, artifact: _Artifact, name: str, base: dict, max_batch: int,
+                 settings: Mapping[str, tuple[float, ...]], slo_ms: float | None) -> list[tuple[TritonModelSpec, object]]:
+    """(spec, ONNX payload or None) of each model: the per-request (or per-image) one, then the fixed ones."""
+    info = artifact.info
+    p = info.num_pause_points
+    engine = artifact.kind == "engine"
+    python = base["backend"] == "python"
     about = f"avit {info.variant} model from {model.name}: pause points {list(info.pause_points)}, policy {info.policy}"
     specs: list[tuple[TritonModelSpec, object]] = []
     if p == 0:
@@ -380,11 +432,11 @@ def write_triton_repository(
             f"{'python backend: avit.runtime.AdaptiveSession (' + base['runtime'] + ')'}; pause_thresholds [B, {p}]: one row "
             f"per image (optional: default {_json(info.default_thresholds)}), so the dynamic batcher groups any requests",
         )
-        if calibration is not None:
+        if slo_ms is not None:
             comment = (*comment, f"under an SLO of {slo_ms:g} ms: images sent without pause_thresholds run at the setting "
                        "avit.runtime.slo picks per execute call (output pause_thresholds_used)")
         specs.append((TritonModelSpec(name, thresholds_input="optional", max_batch=max_batch, comment=comment,
-                                      **{**base, "slo_ms": slo_ms, "queue_timeout_us": int(round(queue_timeout_s * 1e6))}), None))
+                                      **{**base, "slo_ms": slo_ms}), None))
     else:
         mode = "request" if engine else "optional"
         comment = (
@@ -401,65 +453,63 @@ def write_triton_repository(
             comment=comment, **base,
         )
         specs.append((spec, None if python else onnx_with_thresholds(artifact.proto, values, keep_input=False)))
+    return specs
 
-    root = Path(output)
-    names = [spec.name for spec, _ in specs]
-    if len(set(names)) != len(names):
-        raise InputError(f"model names collide: {names}")
-    existing = [n for n in names if (root / n).exists()]
-    if existing and not overwrite:
-        raise InputError(f"{root} already holds {', '.join(existing)} (use --overwrite to replace)")
-    if root.exists() and not root.is_dir():
-        raise InputError(f"{root} exists and is not a folder")
 
-    library = None
-    if engine and artifact.sidecar.plugin_library is not None:
-        try:
-            recorded = Path(artifact.sidecar.plugin_library)
-            library = trt_support.find_plugin_library(
-                plugin_library if plugin_library is not None else (recorded if recorded.is_file() else None)
-            )
-        except ArtifactError:
-            if plugin_library is not None:
-                raise
-            library = None
+def _plugin_library(artifact: _Artifact, plugin_library) -> Path | None:
+    """An engine's plugin library for the README's command: the given one, else the sidecar's if it exists."""
+    from avit.runtime import tensorrt as trt_support
 
-    for spec, payload in specs:
-        folder = root / spec.name
-        if folder.exists():
-            shutil.rmtree(folder)
-        version = folder / "1"
-        version.mkdir(parents=True, exist_ok=True)
-        if python:
-            for source, target in artifact.files():
-                atomic_write(version / target, lambda tmp, s=source: shutil.copyfile(s, tmp))
-            atomic_write(version / "model.py", lambda tmp: shutil.copyfile(PYTHON_MODEL, tmp))
-            if spec.slo_ms is not None:
-                from avit.metadata.calibration import calibration_path
+    if artifact.sidecar.plugin_library is None:
+        return None
+    try:
+        recorded = Path(artifact.sidecar.plugin_library)
+        return trt_support.find_plugin_library(
+            plugin_library if plugin_library is not None else (recorded if recorded.is_file() else None)
+        )
+    except ArtifactError:
+        if plugin_library is not None:
+            raise
+        return None
 
-                target = calibration_path(version / artifact.files()[0][1])
-                atomic_write(target, lambda tmp: shutil.copyfile(calibration.path, tmp))
-        elif engine:
-            atomic_write(version / spec.file_name, lambda tmp: shutil.copyfile(model, tmp))
-        else:
-            import onnx
 
-            atomic_write(version / spec.file_name, lambda tmp, m=payload: onnx.save(m, tmp))
-        atomic_write(folder / "config.pbtxt", lambda tmp, s=spec: Path(tmp).write_text(config_pbtxt(s)))
-    models = [spec for spec, _ in specs]
-    readme = atomic_write(
-        root / "README.md",
-        lambda tmp: Path(tmp).write_text(
-            repository_readme(root, models, info, engine=engine, sidecar=artifact.sidecar, plugin_library=library)
-        ),
-    )
-    return TritonRepository(root, models, readme, library)
+def _write_model(folder: Path, spec: TritonModelSpec, payload, artifact: _Artifact, model: Path, calibration) -> None:
+    """One model folder: ``config.pbtxt`` and ``1/`` with the model file (and, python, ``model.py`` and under an
+    SLO the calibration), every file written atomically; an existing folder is replaced."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    version = folder / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    if spec.backend == "python":
+        for source, target in artifact.files():
+            atomic_write(version / target, lambda tmp, s=source: shutil.copyfile(s, tmp))
+        atomic_write(version / "model.py", lambda tmp: shutil.copyfile(PYTHON_MODEL, tmp))
+        if spec.slo_ms is not None:
+            from avit.metadata.calibration import calibration_path
+
+            target = calibration_path(version / artifact.files()[0][1])
+            atomic_write(target, lambda tmp: shutil.copyfile(calibration.path, tmp))
+    elif artifact.kind == "engine":
+        atomic_write(version / spec.file_name, lambda tmp: shutil.copyfile(model, tmp))
+    else:
+        import onnx
+
+        atomic_write(version / spec.file_name, lambda tmp, m=payload: onnx.save(m, tmp))
+    atomic_write(folder / "config.pbtxt", lambda tmp, s=spec: Path(tmp).write_text(config_pbtxt(s)))
 
 
 def repository_readme(root: Path, models: list[TritonModelSpec], info: ModelInfo, *, engine: bool, sidecar=None, plugin_library=None) -> str:
-    """The repository's README: models, server command, a client call, perf_analyzer."""
+    """The repository's README: the models table, how to start the server, a client call, perf_analyzer."""
+    lines = _readme_models(models)
+    lines += _readme_server(root, models[0], engine, sidecar, plugin_library)
+    lines += _readme_client(models[0])
+    lines += _readme_perf(models)
+    return "\n".join(lines)
+
+
+def _readme_models(models: list[TritonModelSpec]) -> list[str]:
+    """The title, one table row per model, and what the backend means for batching."""
     first = models[0]
-    python = first.backend == "python"
     c, h, w = first.images
     p = first.num_pause_points
     lines = [
@@ -475,6 +525,8 @@ def repository_readme(root: Path, models: list[TritonModelSpec], info: ModelInfo
             what = "none (static model)"
         elif spec.backend == "python":
             what = f"`pause_thresholds` [n, {p}], one row per image (optional: model defaults)"
+            if spec.slo_ms is not None:
+                what += f"; under an SLO of {spec.slo_ms:g} ms the model picks them (output `pause_thresholds_used`)"
         else:
             what = f"`pause_thresholds` [{p}] per request" + (" (optional: model defaults)" if spec.thresholds_input == "optional" else "")
         if spec.batching:
@@ -488,7 +540,7 @@ def repository_readme(root: Path, models: list[TritonModelSpec], info: ModelInfo
         shape = f"images [n, {c}, {h}, {w}]"
         backend = spec.backend + (f" ({spec.runtime})" if spec.backend == "python" else "")
         lines.append(f"| `{spec.name}` | {backend} | {what} | {batching} | {shape} |")
-    if python:
+    if first.backend == "python":
         lines += [
             "",
             "The python backend runs `model.py`, i.e. avit's `AdaptiveSession`, in the server's Python: every image",
@@ -502,41 +554,52 @@ def repository_readme(root: Path, models: list[TritonModelSpec], info: ModelInfo
             "only batch requests whose thresholds are the same. Per-request models do not batch across requests",
             "(send several images in one request instead); fixed-threshold models batch everything.",
         ]
-    lines += ["", "## Start the server", "", "```bash"]
-    if python:
-        lines += [
+    return lines
+
+
+def _readme_server(root: Path, first: TritonModelSpec, engine: bool, sidecar, plugin_library) -> list[str]:
+    """How to start a server on the repository (avit triton-serve, tritonserver, the engine's plugins)."""
+    lines = ["", "## Start the server", "", "```bash"]
+    if first.backend == "python":
+        return lines + [
             "# locally, with the tritonserver of PyPI nvidia-pytriton (pip install nvidia-pytriton avit):",
             f"avit triton-serve {root.resolve()} --http-port 8000 --grpc-port 8001",
             "# any Triton with the python backend, whose Python has avit and its runtime installed:",
             f"tritonserver --model-repository={root.resolve()}",
             "```",
         ]
-    elif engine:
-        lib = str(plugin_library.resolve()) if plugin_library is not None else "/path/to/libavit_plugins.so"
-        if plugin_library is not None and "_dynamic" in Path(plugin_library).name:
-            lib = str(Path(plugin_library).resolve()).replace("libavit_plugins_dynamic", "libavit_plugins")
-        trt_version = sidecar.tensorrt_version if sidecar is not None else "?"
-        lines += [
-            f"# the engine loads only in TensorRT {trt_version}: use the Triton release built on that TensorRT",
-            f"tritonserver --model-repository={root.resolve()} \\",
-            f'  --backend-config=tensorrt,plugins="{lib}"',
-            "# or: LD_PRELOAD=" + lib + " tritonserver --model-repository=…",
-            "```",
-            "",
-            "The plugin library must be `libavit_plugins.so` (static registration: Triton `dlopen`s it);",
-            "`libavit_plugins_dynamic.so` only exports `getCreators`, which Triton never calls.",
-        ]
-        if sidecar is not None:
-            lines += [f"The engine's optimization profile allows batches of {sidecar.min_batch} to {sidecar.max_batch} images per request."]
-    else:
-        lines += [
+    if not engine:
+        return lines + [
             f"tritonserver --model-repository={root.resolve()}",
             "# in a container: docker run --rm -p8000:8000 -p8001:8001 -p8002:8002 -v $PWD/repo:/models \\",
             "#   nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models",
             "```",
         ]
-    thresholds = ", ".join("0.3" for _ in range(p))
+    lib = str(plugin_library.resolve()) if plugin_library is not None else "/path/to/libavit_plugins.so"
+    if plugin_library is not None and "_dynamic" in Path(plugin_library).name:
+        lib = str(Path(plugin_library).resolve()).replace("libavit_plugins_dynamic", "libavit_plugins")
+    trt_version = sidecar.tensorrt_version if sidecar is not None else "?"
     lines += [
+        f"# the engine loads only in TensorRT {trt_version}: use the Triton release built on that TensorRT",
+        f"tritonserver --model-repository={root.resolve()} \\",
+        f'  --backend-config=tensorrt,plugins="{lib}"',
+        "# or: LD_PRELOAD=" + lib + " tritonserver --model-repository=…",
+        "```",
+        "",
+        "The plugin library must be `libavit_plugins.so` (static registration: Triton `dlopen`s it);",
+        "`libavit_plugins_dynamic.so` only exports `getCreators`, which Triton never calls.",
+    ]
+    if sidecar is not None:
+        lines += [f"The engine's optimization profile allows batches of {sidecar.min_batch} to {sidecar.max_batch} images per request."]
+    return lines
+
+
+def _readme_client(first: TritonModelSpec) -> list[str]:
+    """A tritonclient call for the first model."""
+    c, h, w = first.images
+    p = first.num_pause_points
+    thresholds = ", ".join("0.3" for _ in range(p))
+    lines = [
         "",
         "## Query it (Python, `pip install tritonclient[http]`)",
         "",
@@ -546,7 +609,7 @@ def repository_readme(root: Path, models: list[TritonModelSpec], info: ModelInfo
         "client = http.InferenceServerClient('localhost:8000')",
         f"x = np.random.rand(2, {c}, {h}, {w}).astype(np.float32)   # preprocessed images",
     ]
-    if python and p:
+    if first.backend == "python" and p:
         rows = ", ".join(f"[{thresholds}]" for _ in range(2))
         lines += [
             "inp = http.InferInput('images', list(x.shape), 'FP32'); inp.set_data_from_numpy(x)",
@@ -565,14 +628,14 @@ def repository_readme(root: Path, models: list[TritonModelSpec], info: ModelInfo
             f"out = client.infer('{first.name}', [inp, t])        # per-request thresholds"
             + ("; omit t for the model's defaults" if first.thresholds_input == "optional" else ""),
         ]
-    lines += [
-        "out.as_numpy('logits').shape, out.as_numpy('tokens_kept')",
-        "```",
-        "",
-        "## Measure it (perf_analyzer, from the Triton SDK container)",
-        "",
-        "```bash",
-    ]
+    return lines + ["out.as_numpy('logits').shape, out.as_numpy('tokens_kept')", "```"]
+
+
+def _readme_perf(models: list[TritonModelSpec]) -> list[str]:
+    """perf_analyzer lines, one per model."""
+    c, h, w = models[0].images
+    p = models[0].num_pause_points
+    lines = ["", "## Measure it (perf_analyzer, from the Triton SDK container)", "", "```bash"]
     for spec in models:
         if spec.backend == "python" and spec.thresholds_input != "none":
             lines.append(f"perf_analyzer -m {spec.name} -b 1 --concurrency-range 1:8 --shape images:{c},{h},{w} --shape pause_thresholds:{p}")
@@ -581,5 +644,4 @@ def repository_readme(root: Path, models: list[TritonModelSpec], info: ModelInfo
         else:
             shape = f"--shape images:4,{c},{h},{w} --shape pause_thresholds:{p}"
             lines.append(f"perf_analyzer -m {spec.name} {shape} --concurrency-range 1:4   # random thresholds: use --input-data for fixed ones")
-    lines += ["```", ""]
-    return "\n".join(lines)
+    return lines + ["```", ""]
