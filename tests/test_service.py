@@ -408,3 +408,24 @@ def test_avit_serve_answers_504_and_drops_the_request_after_its_timeout(tmp_path
         assert status == 504 and body["detail"].startswith("no answer within 0.3 s")
         health = _wait_until(url, lambda h: h["batcher"]["cancelled"] == 1)
         assert health["batcher"]["calls"] == 0 and health["requests"]["timed_out"] == 1  # it never ran
+
+
+def test_one_channel_answer_names_the_salient_fraction(tmp_path, photos):
+    """A one-channel (sigmoid) model's mask is the positive class: its fraction is named by the last class name
+    ("salient"), not the first ("background"), and equals the fraction of pixels above 0.5."""
+    from avit.exporter import export_onnx
+    from avit.runtime import probabilities
+    from avit.serving import Predictor
+    from conftest import tiny_model
+
+    path = tmp_path / "one.onnx"
+    export_onnx(tiny_model(num_classes=1, class_names=("background", "salient")), path, check=False)
+    predictor = Predictor(path, max_wait_ms=0)
+    try:
+        answer = predictor.predict(photos[0].read_bytes(), mask=False)
+        session = predictor.session
+        probs = probabilities(session.run(session.preprocess(load_image(photos[0]))[None]).logits, session.info.output_activation)
+        assert list(answer["class_fractions"]) == ["salient"]
+        assert answer["class_fractions"]["salient"] == pytest.approx(float((probs[0, 0] > 0.5).mean()))
+    finally:
+        predictor.close()
