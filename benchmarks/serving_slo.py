@@ -46,7 +46,6 @@ import tempfile
 import threading
 import time
 import urllib.request
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -58,6 +57,7 @@ from avit.evaluation.metrics import labels, pixel_agreement
 from avit.runtime import AdaptiveSession
 from avit.runtime.slo import settings_from_calibration
 from avit.serving.triton.server import free_port
+from serving_load import multipart, wait_health  # the same upload and readiness wait as the load test
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,15 +74,6 @@ def cpu_name() -> str:
     units = [name for name, flag in (("AVX2", "avx2"), ("AVX-512", "avx512f"), ("VNNI", "avx512_vnni"), ("BF16", "avx512_bf16"),
                                      ("AMX", "amx_tile")) if flag in flags]
     return f"{model} (family {family}, {os.cpu_count()} cores; {', '.join(units)})"
-
-
-def multipart(data: bytes, name: str) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    return body, f"multipart/form-data; boundary={boundary}"
 
 
 def photos(limit: int) -> list[tuple[str, np.ndarray]]:
@@ -112,20 +103,10 @@ class Server:
         self.log = open(log, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "avit.cli", "serve", str(model), "--port", str(self.port), "--max-batch", "1",
-             "--max-wait-ms", "0", "--timeout-s", "120", "--log-level", "warning", *args],
+             "--max-wait-ms", "0", "--request-timeout-s", "120", "--log-level", "warning", *args],
             stdout=self.log, stderr=subprocess.STDOUT, env=env,
         )
-        deadline = time.monotonic() + 300
-        while True:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"avit serve exited with {self.proc.returncode}: see {log}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("avit serve did not come up") from None
-                time.sleep(0.3)
+        wait_health(f"http://127.0.0.1:{self.port}", self.proc, timeout=300)
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=30) as r:
@@ -279,7 +260,7 @@ def main() -> None:
     fixed = Server(args.model, tmp / "fixed.log")
     try:
         for i in range(3):
-            post(fixed.port, *uploads[i], "")  # warm-up
+            post(fixed.port, *uploads[i % len(uploads)], "")  # warm-up
         lone = [post(fixed.port, *uploads[i % len(uploads)], "")[2] * 1e3 for i in range(2 * len(uploads))]
         p50 = float(np.median(lone))
         capacity = 1e3 / p50
@@ -373,7 +354,7 @@ def triton_step(args, x, slo_ms, capacity, key, record, summarize, agreement, de
             return {"status": "shed" if shed else str(exc.status()), "seconds": time.perf_counter() - started}
     try:
         for i in range(3):
-            send(i)
+            send(i % len(x))
         rows = poisson_run(send, 1.25 * capacity, args.duration_s, args.max_requests, len(x), seed=125)
         row = {"mode": "triton slo", "load": 1.25, **summarize(record(rows), slo_ms, agreement, defaults_key, quality, session.info.num_patches)}
         print(f"{'triton slo':>28s}  1.25×: within SLO {row['within_slo_pct']} %  shed {row['shed_pct']} %  p99 {row['p99_ms']} ms  "
