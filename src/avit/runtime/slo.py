@@ -19,9 +19,15 @@ that Clipper (NSDI 2017) or INFaaS (ATC 2021) switch between:
   first (EDF); the highest-quality setting is chosen under which *every* waiting request, served in EDF
   order back to back, finishes ``reserve × SLO`` before its deadline; when none can, the fastest. The
   reserve is what absorbs a Poisson burst that arrives after the decision: without it the queue rides at
-  its deadline and the next burst misses (``benchmarks/serving_slo.py`` measures the trade).
+  its deadline and the next burst misses. It applies only once the offered load (arrival rate over the
+  last ``rate_window_s``) passes ``calm`` of the top setting's capacity, ramping in up to full load;
+  below that, a burst drains by itself, so the next batch may keep the defaults as long as the rest of
+  the queue could still make it at the fastest setting (``benchmarks/serving_slo.py`` measures the trade).
+  Each request's cost is its model time plus the measured work outside the model (decoding, answering),
+  which on a small CPU competes with the model for the same cores.
 * **Admission** (:meth:`SloController.admit`): a new request is refused only when even the fastest
-  setting cannot finish it, behind the work already admitted, within the SLO.
+  setting cannot finish it, behind the work already admitted, within the SLO (with one spread of the
+  measured call times as margin).
 
 Times are seconds of an injectable monotonic ``clock`` (tests pass a fake one); durations in the API are
 milliseconds, as everywhere in avit.
