@@ -37,7 +37,7 @@ import numpy as np
 
 from avit.errors import InputError
 from avit.runtime.session import AdaptiveSession, RunResult
-from avit.runtime.slo import SloController, Waiting, settings_from_calibration
+from avit.runtime.slo import SloController, Waiting, _positive_ms, slo_ladder
 
 
 @dataclasses.dataclass
@@ -317,9 +317,7 @@ class MicroBatcher:
                 if head.taken:
                     continue
                 if self.controller is not None and head.key[1] == b"slo":
-                    waiting = [Waiting(r.deadline, r.images.shape[0], r.setting) for r in self._pending
-                               if not r.taken and not r.future.cancelled()]
-                    choice = self.controller.choose(waiting, batch=count)
+                    choice = self.controller.choose(self.waiting(), batch=count)  # (the condition's lock is reentrant)
                     for request in group:
                         request.setting = choice.index
                         request.thresholds = np.asarray(self.controller.settings[choice.index].thresholds, dtype=np.float32)
@@ -389,19 +387,11 @@ def slo_controller(session: AdaptiveSession, slo_ms: float, **options) -> SloCon
         InputError: ``slo_ms`` not a positive number; no calibration (one line naming ``avit calibrate``);
             ``slo_ms`` below the fastest setting's calibrated latency of one image.
     """
-    from avit.runtime.slo import _positive_ms
-
-    slo = _positive_ms(slo_ms, "slo_ms")
     if session.calibration is None:
+        _positive_ms(slo_ms, "slo_ms")  # a bad SLO is named first, whatever else is missing
         raise InputError(
             f"serving under an SLO needs a calibration of {session.path.name} on {session.backend.name}: "
             f"run 'avit calibrate {session.path} --target-latency-ms ...' first"
         )
-    settings = settings_from_calibration(session.calibration, session.thresholds(None).tolist())
-    fastest = min(s.per_image_ms for s in settings)
-    if slo < fastest:
-        raise InputError(
-            f"an SLO of {slo:g} ms is below the fastest setting's calibrated latency ({fastest:.1f} ms per image): "
-            "no setting can meet it"
-        )
+    settings, slo = slo_ladder(session.calibration, session.thresholds(None).tolist(), slo_ms)
     return SloController(settings, slo, **options)

@@ -161,6 +161,29 @@ def settings_from_calibration(
     return [dataclasses.replace(s, name=names.get(s.thresholds, "")) for s in front]
 
 
+def slo_ladder(calibration: Calibration, defaults: Sequence[float], slo_ms: float) -> tuple[list[Setting], float]:
+    """The settings an SLO controller serves with, and the SLO as a float (ms), after checking it can be met.
+
+    Args:
+        calibration: The model's calibration on the backend it runs on.
+        defaults: The model's default thresholds ``[P]`` (the top rung).
+        slo_ms: Latency objective from admission to answer, ms.
+
+    Raises:
+        InputError: ``slo_ms`` not a positive finite number, or below the fastest setting's calibrated latency
+            of one image (no setting can meet it).
+    """
+    slo = _positive_ms(slo_ms, "slo_ms")
+    settings = settings_from_calibration(calibration, defaults)
+    fastest = min(s.per_image_ms for s in settings)
+    if slo < fastest:
+        raise InputError(
+            f"an SLO of {slo:g} ms is below the fastest setting's calibrated latency ({fastest:.1f} ms per image): "
+            "no setting can meet it"
+        )
+    return settings, slo
+
+
 def pareto_settings(settings: Sequence[Setting]) -> list[Setting]:
     """Settings not dominated in (lower per-image latency, higher quality), best quality first."""
     order = sorted(settings, key=lambda s: (s.per_image_ms, -s.quality))

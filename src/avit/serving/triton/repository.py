@@ -216,9 +216,9 @@ def _slo_calibration(model: Path, info: ModelInfo, backend: str, slo_ms: float):
             setting. ArtifactError: no calibration beside the model, or one for another model file.
     """
     from avit.metadata.calibration import calibration_path, load_calibration
-    from avit.runtime.slo import _positive_ms, settings_from_calibration
+    from avit.runtime.slo import _positive_ms, slo_ladder
 
-    slo = _positive_ms(slo_ms, "slo_ms")
+    _positive_ms(slo_ms, "slo_ms")
     if backend != "python":
         raise InputError("--slo-ms needs --backend python (the avit runtime inside Triton chooses the thresholds per call)")
     if info.num_pause_points == 0:
@@ -228,9 +228,7 @@ def _slo_calibration(model: Path, info: ModelInfo, backend: str, slo_ms: float):
         raise ArtifactError(f"--slo-ms needs {path.name} beside the model (run: avit calibrate {model} --target-latency-ms ...)")
     calib = load_calibration(path)
     calib.check_model(info, model)
-    fastest = min(s.per_image_ms for s in settings_from_calibration(calib, ceiling="front"))
-    if slo < fastest:
-        raise InputError(f"an SLO of {slo:g} ms is below the fastest setting's calibrated latency ({fastest:.1f} ms per image)")
+    slo_ladder(calib, info.default_thresholds, slo_ms)  # the same check the served model makes at load
     return calib
 
 
